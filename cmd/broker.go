@@ -1,0 +1,119 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/freifunkMUC/wgkex/pkg/broker"
+	"github.com/freifunkMUC/wgkex/pkg/embedded"
+	"github.com/freifunkMUC/wgkex/pkg/mqtt"
+)
+
+func newBrokerCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "broker",
+		Short: "Serve the key exchange HTTP API and publish keys to the workers",
+		Long: "broker takes node keys over HTTP (/api/v1 and /api/v2/wg/key/exchange), publishes them\n" +
+			"on MQTT and picks the least loaded gateway. Without mqtt.broker_url it runs its own\n" +
+			"MQTT server on mqtt.listen, so it needs no other service.",
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return runBroker(c.Context(), g) },
+	}
+}
+
+func runBroker(ctx context.Context, g *globals) error {
+	cfg, log, err := g.loadConfig(os.Stderr)
+	if err != nil {
+		return err
+	}
+
+	// Bind the HTTP port first: a taken port fails before anything else starts.
+	ln, err := net.Listen("tcp", cfg.BrokerListen.Addr())
+	if err != nil {
+		return fmt.Errorf("broker_listen: %w", err)
+	}
+	defer ln.Close()
+
+	if cfg.Embedded() {
+		srv, err := embedded.Start(embedded.Options{
+			Listen: cfg.MQTT.Listen, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("embedded MQTT server listening", "addr", srv.Addr().String())
+	}
+
+	mo, err := mqtt.OptionsFromConfig(cfg)
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	mo.ClientID = fmt.Sprintf("wgkex-broker-%s-%d", host, os.Getpid())
+	mo.Logger = log
+	for _, f := range broker.Subscriptions() {
+		mo.Subscriptions = append(mo.Subscriptions, mqtt.Subscription{Filter: f, QoS: 1})
+	}
+	var b *broker.Broker
+	mo.OnMessage = func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }
+
+	client, err := mqtt.Connect(ctx, mo)
+	if err != nil {
+		return err
+	}
+	b = broker.New(broker.Options{
+		Domains:   cfg.Domains,
+		Weight:    cfg.Weight,
+		Publisher: client,
+		KeyQoS:    1,
+		Logger:    log,
+	})
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := client.Close(dctx); err != nil {
+			log.Warn("MQTT disconnect", "err", err)
+		}
+	}()
+
+	// Give the bus a moment to deliver the retained worker state, so the
+	// first v2 requests find gateways; serve regardless after that.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := client.AwaitConnection(wctx); err != nil && ctx.Err() == nil {
+		log.Warn("MQTT not connected yet; serving anyway, key exchanges answer 503 until it is", "server", mo.Server.Redacted())
+	}
+	cancel()
+
+	srv := &http.Server{
+		Handler:           b,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("broker listening", "addr", ln.Addr().String(), "domains", cfg.Domains)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("HTTP shutdown", "err", err)
+	}
+	return nil
+}

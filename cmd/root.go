@@ -1,0 +1,105 @@
+// Package cmd holds the cobra commands of the wgkex binary: flags and
+// wiring only, the work is done in pkg/.
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/freifunkMUC/wgkex/pkg/config"
+)
+
+// globals are the persistent flags every subcommand shares.
+type globals struct {
+	configFile string
+	logLevel   string
+	logFormat  string
+}
+
+// Execute runs the command line and returns the exit code.
+func Execute() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRootCommand()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "wgkex:", err)
+		return 1
+	}
+	return 0
+}
+
+func newRootCommand() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "wgkex",
+		Short:         "WireGuard key exchange for Freifunk mesh networks",
+		Long:          "wgkex exchanges WireGuard keys between mesh nodes and gateways: the broker takes\nkeys over HTTP and picks a gateway, workers install them as peers, routes and VXLAN\nFDB entries.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w\nRun '%s --help' for usage", err, c.CommandPath())
+	})
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.configFile, "config", "c", "", "config file (default $"+config.EnvConfigFile+", else "+config.DefaultFile+")")
+	pf.StringVar(&g.logLevel, "log-level", "", "log level: debug, info, warn, error (default info, or log_level from the config)")
+	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+
+	root.AddCommand(
+		newBrokerCommand(g),
+		newVersionCommand(),
+	)
+	return root
+}
+
+// loadConfig reads and validates the configuration and sets up logging,
+// before the caller touches the network or the kernel.
+func (g *globals) loadConfig(stderr io.Writer) (*config.Config, *slog.Logger, error) {
+	cfg, err := config.Load(g.configFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	log, err := g.logger(stderr, cfg.LogLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.File != "" {
+		log.Info("configuration loaded", "file", cfg.File)
+	} else {
+		log.Info("no config file; using environment and defaults", "file", config.DefaultFile)
+	}
+	for _, n := range cfg.Notes {
+		log.Info("config: " + n)
+	}
+	return cfg, log, nil
+}
+
+func (g *globals) logger(w io.Writer, cfgLevel string) (*slog.Logger, error) {
+	levelName := g.logLevel
+	if levelName == "" {
+		levelName = cfgLevel
+	}
+	level, err := config.ParseLogLevel(levelName)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch g.logFormat {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, errors.New("--log-format: want text or json, got " + g.logFormat)
+}

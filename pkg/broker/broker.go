@@ -1,0 +1,304 @@
+// Package broker is the HTTP side of wgkex: it takes a node's key, publishes
+// it to the workers over MQTT and picks the gateway the node should use.
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/freifunkMUC/wgkex/pkg/wgkex"
+)
+
+// MaxBodyBytes bounds a request body; a key exchange needs about 100.
+const MaxBodyBytes = 4 << 10
+
+// Publisher sends one message and returns once the bus has acknowledged it.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
+}
+
+// Options configure a Broker.
+type Options struct {
+	Domains []string
+	// Weight gives a worker's configured weight (1 when unlisted).
+	Weight    func(worker string) int
+	Publisher Publisher
+	// KeyQoS is the QoS of published keys: 1, so that an acknowledged
+	// request means the server has the key.
+	KeyQoS         byte
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+}
+
+// Broker serves the key exchange API. Create it with New.
+type Broker struct {
+	domains map[string]bool
+	names   []string
+	pub     Publisher
+	qos     byte
+	timeout time.Duration
+	log     *slog.Logger
+	state   *State
+	mux     *http.ServeMux
+}
+
+// New makes a Broker.
+func New(o Options) *Broker {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Weight == nil {
+		o.Weight = func(string) int { return 1 }
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 5 * time.Second
+	}
+	b := &Broker{
+		domains: make(map[string]bool, len(o.Domains)),
+		names:   append([]string(nil), o.Domains...),
+		pub:     o.Publisher,
+		qos:     o.KeyQoS,
+		timeout: o.PublishTimeout,
+		log:     o.Logger,
+		state:   NewState(o.Weight, o.Now),
+		mux:     http.NewServeMux(),
+	}
+	for _, d := range o.Domains {
+		b.domains[d] = true
+	}
+	b.mux.HandleFunc("/api/v1/wg/key/exchange", b.keyExchange(false))
+	b.mux.HandleFunc("/api/v2/wg/key/exchange", b.keyExchange(true))
+	b.mux.HandleFunc("/{$}", b.index)
+	b.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+	})
+	return b
+}
+
+// State is what the broker has learned from the bus.
+func (b *Broker) State() *State { return b.state }
+
+// ServeHTTP implements http.Handler.
+func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }
+
+// Subscriptions are the topic filters the broker needs (SPEC section 3).
+func Subscriptions() []string {
+	return []string{wgkex.FilterMetrics, wgkex.FilterWorkerStatus, wgkex.FilterWorkerData}
+}
+
+// exchangeRequest is the body nodes send.
+type exchangeRequest struct {
+	Domain    string `json:"domain"`
+	PublicKey string `json:"public_key"`
+}
+
+type endpoint struct {
+	Address     string   `json:"Address"`
+	Port        string   `json:"Port"`
+	AllowedIPs  []string `json:"AllowedIPs"`
+	PublicKey   string   `json:"PublicKey"`
+	LinkAddress string   `json:"LinkAddress"`
+}
+
+type v2Reply struct {
+	Endpoint endpoint `json:"Endpoint"`
+	Message  string   `json:"Message"`
+}
+
+// decodeRequest parses a key exchange body, whatever its Content-Type
+// (Gluon posts JSON as application/x-www-form-urlencoded), and validates it.
+func decodeRequest(body []byte, known func(string) bool) (exchangeRequest, error) {
+	var req exchangeRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return req, fmt.Errorf("invalid JSON body: %v", err)
+	}
+	if req.Domain == "" {
+		return req, errors.New(`missing "domain"`)
+	}
+	if !known(req.Domain) {
+		return req, fmt.Errorf("unknown domain %q", truncate(req.Domain, 64))
+	}
+	if req.PublicKey == "" {
+		return req, errors.New(`missing "public_key"`)
+	}
+	if !wgkex.ValidKey(req.PublicKey) {
+		return req, fmt.Errorf("invalid public key %q: want 44 characters of base64 (a WireGuard public key)", truncate(req.PublicKey, 64))
+	}
+	return req, nil
+}
+
+func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodGet {
+			w.Header().Set("Allow", "POST, GET")
+			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed, use POST")
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", MaxBodyBytes))
+				return
+			}
+			writeError(w, http.StatusBadRequest, "could not read request body")
+			return
+		}
+		req, err := decodeRequest(body, func(d string) bool { return b.domains[d] })
+		if err != nil {
+			b.log.Debug("rejected key exchange", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+
+		ctx, cancel := context.WithTimeout(r.Context(), b.timeout)
+		err = b.pub.Publish(ctx, wgkex.KeyTopic(req.Domain), []byte(req.PublicKey), b.qos, false)
+		cancel()
+		if err != nil {
+			b.log.Error("could not publish key", "domain", req.Domain, "key", req.PublicKey, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "the key could not be handed to the gateways (MQTT server unreachable); please try again later")
+			return
+		}
+		b.log.Info("key published", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr)
+
+		if !v2 {
+			writeJSON(w, http.StatusOK, map[string]string{"Message": "OK"})
+			return
+		}
+		choice, err := b.state.Choose(req.Domain)
+		switch {
+		case errors.Is(err, ErrNoGateway):
+			b.log.Warn("no gateway online", "domain", req.Domain)
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		case err != nil:
+			b.log.Error("no data from chosen gateway", "domain", req.Domain, "worker", choice.Worker)
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker)
+		d := choice.Data
+		writeJSON(w, http.StatusOK, v2Reply{
+			Endpoint: endpoint{
+				Address:     d.ExternalAddress,
+				Port:        strconv.Itoa(d.Port),
+				AllowedIPs:  []string{d.LinkAddress},
+				PublicKey:   d.PublicKey,
+				LinkAddress: d.LinkAddress,
+			},
+			Message: "OK",
+		})
+	}
+}
+
+// HandleMessage takes one message from the bus. Everything in it is
+// untrusted input: bad messages are logged and dropped.
+func (b *Broker) HandleMessage(topic string, payload []byte) {
+	t, err := wgkex.ParseTopic(topic)
+	if err != nil {
+		b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+		return
+	}
+	if t.Kind != wgkex.TopicStatus && !b.domains[t.Domain] {
+		b.log.Debug("dropping MQTT message for a domain not configured here", "topic", topic)
+		return
+	}
+	switch t.Kind {
+	case wgkex.TopicStatus:
+		online := false
+		if len(payload) > 0 { // an empty payload clears a retained status
+			if online, err = wgkex.ParseStatus(payload); err != nil {
+				b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+				return
+			}
+		}
+		b.state.SetOnline(t.Worker, online)
+		b.log.Info("worker status", "worker", t.Worker, "online", online)
+	case wgkex.TopicData:
+		if len(payload) == 0 {
+			b.state.SetData(t.Worker, t.Domain, nil)
+			return
+		}
+		d, err := wgkex.ParseWorkerData(payload)
+		if err != nil {
+			b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+			return
+		}
+		b.state.SetData(t.Worker, t.Domain, &d)
+		b.log.Info("worker data", "worker", t.Worker, "domain", t.Domain, "address", d.ExternalAddress, "port", d.Port)
+	case wgkex.TopicMetric:
+		if t.Metric != wgkex.MetricConnectedPeers {
+			return
+		}
+		n := -1
+		if len(payload) > 0 {
+			if n, err = wgkex.ParseConnectedPeers(payload); err != nil {
+				b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+				return
+			}
+		}
+		b.state.SetConnectedPeers(t.Worker, t.Domain, n)
+		b.log.Debug("worker metric", "worker", t.Worker, "domain", t.Domain, "connected_peers", n)
+	default:
+		b.log.Debug("ignoring MQTT message", "topic", topic)
+	}
+}
+
+type errorBody struct {
+	Error struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	var e errorBody
+	e.Error.Message = msg
+	writeJSON(w, code, e)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		code, buf = http.StatusInternalServerError, []byte(`{"error":{"message":"internal error"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)+1))
+	w.WriteHeader(code)
+	w.Write(append(buf, '\n'))
+}
+
+var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>wgkex broker</title></head>
+<body><h1>wgkex - WireGuard key exchange broker</h1>
+<p>Nodes register their WireGuard key with <code>POST /api/v2/wg/key/exchange</code>.</p>
+<h2>Domains</h2><ul>{{range .Domains}}<li>{{.}}</li>{{end}}</ul>
+<h2>Workers</h2><table><tr><th>worker</th><th>online</th><th>weight</th><th>connected peers</th></tr>
+{{range .Workers}}<tr><td>{{.Name}}</td><td>{{.Online}}</td><td>{{.Weight}}</td><td>{{range $d, $n := .Peers}}{{$d}}: {{$n}} {{end}}</td></tr>
+{{end}}</table></body></html>
+`))
+
+func (b *Broker) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := indexTmpl.Execute(w, struct {
+		Domains []string
+		Workers []WorkerSnapshot
+	}{b.names, b.state.Snapshot()}); err != nil {
+		b.log.Debug("render index", "err", err)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -1,0 +1,472 @@
+// Package config loads wgkex.yaml (SPEC section 1) and the environment into a
+// typed Config. It is the only package that uses viper.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cast"
+	"github.com/spf13/viper"
+)
+
+// EnvConfigFile names the environment variable that points at the config file.
+const EnvConfigFile = "WGKEX_CONFIG_FILE"
+
+// DefaultFile is read when neither --config nor WGKEX_CONFIG_FILE is given.
+const DefaultFile = "/etc/wgkex.yaml"
+
+// Defaults of the keys that have one.
+const (
+	DefaultMQTTPort        = 1883
+	DefaultKeepalive       = 5 // seconds
+	DefaultListenHost      = "127.0.0.1"
+	DefaultListenPort      = 5000
+	DefaultEmbeddedListen  = "127.0.0.1:1883"
+	DefaultMetricsInterval = 60 * time.Second
+	DefaultCleanupInterval = time.Hour
+	DefaultPeerTimeout     = 3 * time.Hour
+	DefaultNewPeerGrace    = 10 * time.Minute
+	DefaultClientBroker    = "http://127.0.0.1:5000"
+)
+
+// Config is the whole typed configuration.
+type Config struct {
+	// File is the config file that was read, "" when none was.
+	File string
+
+	Domains        []string
+	DomainPrefixes []string
+	// Workers maps a worker name to its weight (SPEC section 4); workers not
+	// listed weigh 1. Names are lower-cased: viper folds keys, and host names
+	// are case-insensitive anyway. Use Weight to look one up.
+	Workers      map[string]int
+	ExternalName string
+	LogLevel     string // "" unless log_level or WGKEX_DEBUG set it
+
+	MQTT         MQTT
+	BrokerListen Listen
+	Worker       Worker
+	Client       Client
+
+	// Notes are harmless findings worth a log line: ignored keys such as
+	// logging_config, keys nobody reads.
+	Notes []string
+}
+
+// MQTT is the bus connection, and the embedded server's settings.
+type MQTT struct {
+	BrokerURL string // host name, IP or URL; "" runs the embedded server (broker)
+	Port      int
+	Username  string
+	Password  string
+	Keepalive int // seconds
+	TLS       bool
+	CAFile    string
+	CertFile  string
+	KeyFile   string
+	// Listen is where the broker's embedded MQTT server listens.
+	Listen string
+}
+
+// Listen is an HTTP listen address.
+type Listen struct {
+	Host string
+	Port int
+}
+
+// Addr is host:port, IPv6-safe.
+func (l Listen) Addr() string { return net.JoinHostPort(l.Host, strconv.Itoa(l.Port)) }
+
+// Worker holds the settings only the worker reads.
+type Worker struct {
+	Name            string // "" means the host name
+	MetricsInterval time.Duration
+	CleanupInterval time.Duration
+	PeerTimeout     time.Duration
+	NewPeerGrace    time.Duration
+	MetricsListen   string
+}
+
+// Client holds the settings only the client reads.
+type Client struct {
+	BrokerURL string
+}
+
+// Weight is the configured weight of worker, 1 when it is not listed.
+func (c *Config) Weight(worker string) int {
+	if w, ok := c.Workers[strings.ToLower(worker)]; ok {
+		return w
+	}
+	return 1
+}
+
+// Embedded reports whether the broker should run its own MQTT server.
+func (c *Config) Embedded() bool { return c.MQTT.BrokerURL == "" }
+
+// ServerURL is the MQTT server to connect to: broker_url with broker_port
+// and the scheme tls selects, or broker_url itself when it is a URL. With the
+// embedded server it is the server's own listen address.
+func (c *Config) ServerURL() (*url.URL, error) {
+	if c.Embedded() {
+		host, port, err := net.SplitHostPort(c.MQTT.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.listen %q: %w", c.MQTT.Listen, err)
+		}
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host = "127.0.0.1"
+		}
+		return &url.URL{Scheme: "mqtt", Host: net.JoinHostPort(host, port)}, nil
+	}
+	if strings.Contains(c.MQTT.BrokerURL, "://") {
+		u, err := url.Parse(c.MQTT.BrokerURL)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.broker_url: %w", err)
+		}
+		switch u.Scheme {
+		case "mqtt", "tcp", "tls", "mqtts", "ssl", "ws", "wss":
+		default:
+			return nil, fmt.Errorf("mqtt.broker_url: unsupported scheme %q (want mqtt, tls, ws or wss)", u.Scheme)
+		}
+		if u.Port() == "" {
+			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(c.MQTT.Port))
+		}
+		return u, nil
+	}
+	scheme := "mqtt"
+	if c.MQTT.TLS {
+		scheme = "tls"
+	}
+	host := strings.Trim(c.MQTT.BrokerURL, "[]")
+	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(c.MQTT.Port))}, nil
+}
+
+// Problem is one thing wrong with the configuration, tied to its key.
+type Problem struct {
+	Key string
+	Msg string
+}
+
+func (p Problem) String() string { return p.Key + ": " + p.Msg }
+
+// Error lists every problem found at once.
+type Error struct {
+	File     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration")
+	if e.File != "" {
+		b.WriteString(" in " + e.File)
+	}
+	for i, p := range e.Problems {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// key spellings: viper keys (with "::" nesting, so that worker host names
+// may contain dots) and the environment variables that set them. The
+// WGKEX_ names follow SPEC section 1; the others are the Python release's
+// container variables.
+type keySpec struct {
+	key  string
+	env  []string
+	name string // as operators write it
+}
+
+var keys = []keySpec{
+	{"domains", []string{"WGKEX_DOMAINS"}, "domains"},
+	{"domain_prefixes", []string{"WGKEX_DOMAIN_PREFIXES"}, "domain_prefixes"},
+	{"externalname", []string{"WGKEX_EXTERNALNAME", "WGKEX_EXTERNAL_NAME"}, "externalName"},
+	{"log_level", []string{"WGKEX_LOG_LEVEL", "WGKEX_DEBUG"}, "log_level"},
+	{"mqtt::broker_url", []string{"WGKEX_MQTT_BROKER_URL", "MQTT_BROKER_URL"}, "mqtt.broker_url"},
+	{"mqtt::broker_port", []string{"WGKEX_MQTT_BROKER_PORT", "MQTT_BROKER_PORT"}, "mqtt.broker_port"},
+	{"mqtt::username", []string{"WGKEX_MQTT_USERNAME", "MQTT_USERNAME"}, "mqtt.username"},
+	{"mqtt::password", []string{"WGKEX_MQTT_PASSWORD", "MQTT_PASSWORD"}, "mqtt.password"},
+	{"mqtt::keepalive", []string{"WGKEX_MQTT_KEEPALIVE", "MQTT_KEEPALIVE"}, "mqtt.keepalive"},
+	{"mqtt::tls", []string{"WGKEX_MQTT_TLS", "MQTT_TLS"}, "mqtt.tls"},
+	{"mqtt::ca_file", []string{"WGKEX_MQTT_CA_FILE"}, "mqtt.ca_file"},
+	{"mqtt::cert_file", []string{"WGKEX_MQTT_CERT_FILE"}, "mqtt.cert_file"},
+	{"mqtt::key_file", []string{"WGKEX_MQTT_KEY_FILE"}, "mqtt.key_file"},
+	{"mqtt::listen", []string{"WGKEX_MQTT_LISTEN"}, "mqtt.listen"},
+	{"broker_listen::host", []string{"WGKEX_BROKER_LISTEN_HOST"}, "broker_listen.host"},
+	{"broker_listen::port", []string{"WGKEX_BROKER_LISTEN_PORT"}, "broker_listen.port"},
+	{"worker::name", []string{"WGKEX_WORKER_NAME"}, "worker.name"},
+	{"worker::metrics_interval", []string{"WGKEX_WORKER_METRICS_INTERVAL"}, "worker.metrics_interval"},
+	{"worker::cleanup_interval", []string{"WGKEX_WORKER_CLEANUP_INTERVAL"}, "worker.cleanup_interval"},
+	{"worker::peer_timeout", []string{"WGKEX_WORKER_PEER_TIMEOUT"}, "worker.peer_timeout"},
+	{"worker::new_peer_grace", []string{"WGKEX_WORKER_NEW_PEER_GRACE"}, "worker.new_peer_grace"},
+	{"worker::metrics_listen", []string{"WGKEX_WORKER_METRICS_LISTEN"}, "worker.metrics_listen"},
+	{"client::broker_url", []string{"WGKEX_CLIENT_BROKER_URL"}, "client.broker_url"},
+}
+
+// Load reads the config file and the environment. file is the --config flag
+// ("" to fall back to $WGKEX_CONFIG_FILE, then /etc/wgkex.yaml). A file named
+// explicitly must exist; a missing default file leaves only the environment.
+// Load reports keys of the wrong type; Validate checks the meaning.
+func Load(file string) (*Config, error) {
+	explicit := true
+	if file == "" {
+		file = os.Getenv(EnvConfigFile)
+	}
+	if file == "" {
+		file, explicit = DefaultFile, false
+	}
+
+	v := viper.NewWithOptions(viper.KeyDelimiter("::"))
+	v.SetConfigType("yaml")
+	for _, k := range keys {
+		if err := v.BindEnv(append([]string{k.key}, k.env...)...); err != nil {
+			return nil, fmt.Errorf("bind environment for %s: %w", k.name, err)
+		}
+	}
+
+	cfg := &Config{}
+	f, err := os.Open(file)
+	switch {
+	case err == nil:
+		defer f.Close()
+		if err := v.ReadConfig(f); err != nil {
+			return nil, &Error{File: file, Problems: []Problem{{Key: "(file)", Msg: "not valid YAML: " + err.Error()}}}
+		}
+		cfg.File = file
+	case !explicit && errors.Is(err, os.ErrNotExist):
+		// No file: environment and defaults only.
+	default:
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+
+	p := &parser{v: v}
+	cfg.Domains = p.list("domains")
+	cfg.DomainPrefixes = p.list("domain_prefixes")
+	cfg.ExternalName = p.str("externalname")
+	cfg.LogLevel = p.str("log_level")
+	cfg.Workers = p.workers()
+	cfg.MQTT = MQTT{
+		BrokerURL: p.str("mqtt::broker_url"),
+		Port:      p.integer("mqtt::broker_port", DefaultMQTTPort),
+		Username:  p.str("mqtt::username"),
+		Password:  p.str("mqtt::password"),
+		Keepalive: p.integer("mqtt::keepalive", DefaultKeepalive),
+		TLS:       p.boolean("mqtt::tls"),
+		CAFile:    p.str("mqtt::ca_file"),
+		CertFile:  p.str("mqtt::cert_file"),
+		KeyFile:   p.str("mqtt::key_file"),
+		Listen:    p.strOr("mqtt::listen", DefaultEmbeddedListen),
+	}
+	cfg.BrokerListen = Listen{
+		Host: p.strOr("broker_listen::host", DefaultListenHost),
+		Port: p.integer("broker_listen::port", DefaultListenPort),
+	}
+	cfg.Worker = Worker{
+		Name:            p.str("worker::name"),
+		MetricsInterval: p.duration("worker::metrics_interval", DefaultMetricsInterval),
+		CleanupInterval: p.duration("worker::cleanup_interval", DefaultCleanupInterval),
+		PeerTimeout:     p.duration("worker::peer_timeout", DefaultPeerTimeout),
+		NewPeerGrace:    p.duration("worker::new_peer_grace", DefaultNewPeerGrace),
+		MetricsListen:   p.str("worker::metrics_listen"),
+	}
+	cfg.Client = Client{BrokerURL: p.strOr("client::broker_url", DefaultClientBroker)}
+
+	if v.IsSet("logging_config") {
+		cfg.Notes = append(cfg.Notes, "logging_config (Python logging) is ignored; use --log-level and --log-format")
+	}
+	cfg.Notes = append(cfg.Notes, unknownKeys(v)...)
+	if len(p.problems) > 0 {
+		return nil, &Error{File: cfg.File, Problems: p.problems}
+	}
+	return cfg, nil
+}
+
+func unknownKeys(v *viper.Viper) []string {
+	known := map[string]bool{"logging_config": true, "workers": true}
+	for _, k := range keys {
+		known[strings.SplitN(k.key, "::", 2)[0]] = true
+		known[k.key] = true
+	}
+	var notes []string
+	for _, k := range v.AllKeys() {
+		top := strings.SplitN(k, "::", 2)[0]
+		if known[k] || top == "logging_config" || top == "workers" {
+			continue
+		}
+		notes = append(notes, fmt.Sprintf("unknown key %q is ignored", strings.ReplaceAll(k, "::", ".")))
+	}
+	sort.Strings(notes)
+	return notes
+}
+
+// parser reads typed values and collects every type problem.
+type parser struct {
+	v        *viper.Viper
+	problems []Problem
+}
+
+func (p *parser) fail(key, format string, args ...any) {
+	p.problems = append(p.problems, Problem{Key: displayName(key), Msg: fmt.Sprintf(format, args...)})
+}
+
+func displayName(key string) string {
+	for _, k := range keys {
+		if k.key == key {
+			return k.name
+		}
+	}
+	return strings.ReplaceAll(key, "::", ".")
+}
+
+func (p *parser) str(key string) string { return p.strOr(key, "") }
+
+func (p *parser) strOr(key, def string) string {
+	raw := p.v.Get(key)
+	if raw == nil {
+		return def
+	}
+	switch raw.(type) {
+	case map[string]any, []any:
+		p.fail(key, "want a single value, got %T", raw)
+		return def
+	}
+	s, err := cast.ToStringE(raw)
+	if err != nil {
+		p.fail(key, "want a string: %v", err)
+		return def
+	}
+	if s = strings.TrimSpace(s); s == "" {
+		return def
+	}
+	return s
+}
+
+func (p *parser) integer(key string, def int) int {
+	raw := p.v.Get(key)
+	if raw == nil || raw == "" {
+		return def
+	}
+	if s, ok := raw.(string); ok {
+		raw = strings.TrimSpace(s)
+	}
+	n, err := cast.ToIntE(raw)
+	if err != nil {
+		p.fail(key, "want an integer, got %q", fmt.Sprint(raw))
+		return def
+	}
+	return n
+}
+
+func (p *parser) boolean(key string) bool {
+	raw := p.v.Get(key)
+	if raw == nil || raw == "" {
+		return false
+	}
+	if s, ok := raw.(string); ok {
+		raw = strings.ToLower(strings.TrimSpace(s)) // Python's "False"/"True"
+	}
+	b, err := cast.ToBoolE(raw)
+	if err != nil {
+		p.fail(key, "want true or false, got %q", fmt.Sprint(raw))
+		return false
+	}
+	return b
+}
+
+// duration accepts Go durations ("90s", "1h") and plain numbers of seconds.
+func (p *parser) duration(key string, def time.Duration) time.Duration {
+	raw := p.v.Get(key)
+	if raw == nil || raw == "" {
+		return def
+	}
+	switch x := raw.(type) {
+	case int, int64, float64:
+		secs, _ := cast.ToFloat64E(x)
+		return time.Duration(secs * float64(time.Second))
+	case string:
+		s := strings.TrimSpace(x)
+		if secs, err := strconv.ParseFloat(s, 64); err == nil {
+			return time.Duration(secs * float64(time.Second))
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			p.fail(key, "want a duration such as 90s or 1h, got %q", s)
+			return def
+		}
+		return d
+	}
+	p.fail(key, "want a duration such as 90s or 1h, got %v", raw)
+	return def
+}
+
+// list accepts a YAML list, or a comma/space-separated string (environment).
+func (p *parser) list(key string) []string {
+	raw := p.v.Get(key)
+	var items []string
+	switch x := raw.(type) {
+	case nil:
+		return nil
+	case string:
+		items = strings.FieldsFunc(x, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+	case []any:
+		for i, e := range x {
+			switch e.(type) {
+			case map[string]any, []any, nil:
+				p.fail(key, "item %d: want a string, got %v", i+1, e)
+				continue
+			}
+			items = append(items, strings.TrimSpace(cast.ToString(e)))
+		}
+	case []string:
+		items = x
+	default:
+		p.fail(key, "want a list of strings, got %v", raw)
+	}
+	return items
+}
+
+func (p *parser) workers() map[string]int {
+	raw := p.v.Get("workers")
+	out := map[string]int{}
+	if raw == nil {
+		return out
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		p.fail("workers", "want a map of worker names to {weight: N}, got %v", raw)
+		return out
+	}
+	for name, w := range m {
+		key := "workers." + name + ".weight"
+		weight := 1
+		switch x := w.(type) {
+		case nil:
+		case map[string]any:
+			if rw, ok := x["weight"]; ok && rw != nil && rw != "" {
+				n, err := cast.ToIntE(rw)
+				if err != nil {
+					p.problems = append(p.problems, Problem{Key: key, Msg: fmt.Sprintf("want an integer, got %v", rw)})
+					continue
+				}
+				weight = n
+			}
+		default:
+			p.problems = append(p.problems, Problem{Key: "workers." + name, Msg: fmt.Sprintf("want {weight: N}, got %v", w)})
+			continue
+		}
+		out[strings.ToLower(name)] = weight
+	}
+	return out
+}
