@@ -64,11 +64,7 @@ func runBroker(ctx context.Context, g *globals) error {
 	}
 	var b *broker.Broker
 	mo.OnMessage = func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }
-
-	client, err := mqtt.Connect(ctx, mo)
-	if err != nil {
-		return err
-	}
+	client := mqtt.New(mo)
 	b = broker.New(broker.Options{
 		Domains:   cfg.Domains,
 		Weight:    cfg.Weight,
@@ -76,6 +72,9 @@ func runBroker(ctx context.Context, g *globals) error {
 		KeyQoS:    1,
 		Logger:    log,
 	})
+	if err := client.Start(ctx); err != nil {
+		return err
+	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -4,6 +4,7 @@
 package embedded
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
@@ -43,7 +44,7 @@ func Start(o Options) (*Server, error) {
 	caps.MaximumMessageExpiryInterval = retainedLifetime
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
-		Logger:       o.Logger.With("component", "embedded-mqtt"),
+		Logger:       quieter(o.Logger).With("component", "embedded-mqtt"),
 	})
 	if err := srv.AddHook(&authHook{user: []byte(o.Username), pass: []byte(o.Password)}, nil); err != nil {
 		return nil, fmt.Errorf("embedded MQTT server: %w", err)
@@ -93,3 +94,26 @@ func (h *authHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bo
 }
 
 func (h *authHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool { return true }
+
+// quieter passes mochi's chatty info lines (every connect, every hook) only
+// when debug logging is on; warnings and errors always.
+func quieter(l *slog.Logger) *slog.Logger {
+	if l.Enabled(context.Background(), slog.LevelDebug) {
+		return l
+	}
+	return slog.New(minLevel{l.Handler(), slog.LevelWarn})
+}
+
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.Handler.WithGroup(n), h.min} }

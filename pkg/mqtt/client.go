@@ -75,7 +75,7 @@ type Will struct {
 
 // Client is a connection to an MQTT server that keeps itself up.
 type Client struct {
-	cm        *autopaho.ConnectionManager
+	cm        atomic.Pointer[autopaho.ConnectionManager]
 	opts      Options
 	log       *slog.Logger
 	connected atomic.Bool
@@ -137,17 +137,40 @@ func TLSConfig(m config.MQTT) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Connect starts the connection manager. It returns at once; the
-// connection comes up (and is retried with backoff) in the background until
-// Close. Use AwaitConnection to wait for it.
+// Connect is New followed by Start.
 func Connect(ctx context.Context, o Options) (*Client, error) {
-	if o.Server == nil {
-		return nil, errors.New("mqtt: no server URL")
+	c := New(o)
+	if err := c.Start(ctx); err != nil {
+		return nil, err
 	}
+	return c, nil
+}
+
+// New makes a Client without connecting it, so that the Client can be
+// handed to whatever its OnMessage feeds before the first message arrives.
+// Publish fails with ErrNotConnected until Start.
+func New(o Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{opts: o, log: o.Logger.With("mqtt", o.Server.Redacted())}
+	c := &Client{opts: o, log: o.Logger}
+	if o.Server != nil {
+		c.log = o.Logger.With("mqtt", o.Server.Redacted())
+	}
+	return c
+}
+
+// Start starts the connection manager. It returns at once; the connection
+// comes up (and is retried with backoff) in the background until Close. Use
+// AwaitConnection to wait for it. Call Start once.
+func (c *Client) Start(ctx context.Context) error {
+	o := c.opts
+	if o.Server == nil {
+		return errors.New("mqtt: no server URL")
+	}
+	if c.cm.Load() != nil {
+		return errors.New("mqtt: client already started")
+	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 
 	keepalive := uint16(o.Keepalive / time.Second)
@@ -200,10 +223,10 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 	cm, err := autopaho.NewConnection(c.ctx, cfg)
 	if err != nil {
 		c.cancel()
-		return nil, fmt.Errorf("mqtt: %w", err)
+		return fmt.Errorf("mqtt: %w", err)
 	}
-	c.cm = cm
-	return c, nil
+	c.cm.Store(cm)
+	return nil
 }
 
 // onUp must not block: subscribing waits for the SUBACK, so it runs in a
@@ -264,7 +287,11 @@ func (c *Client) Connects() int64 { return c.connects.Load() }
 // acknowledgement. It fails fast with ErrNotConnected while the
 // connection is down instead of queueing, so callers can tell their users.
 func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+	cm := c.cm.Load()
+	if cm == nil {
+		return ErrNotConnected
+	}
+	resp, err := cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
 	if errors.Is(err, autopaho.ConnectionDownError) {
 		return ErrNotConnected
 	}
@@ -280,7 +307,11 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 // Close disconnects cleanly (sending DISCONNECT, so no will is published)
 // and waits for every goroutine of the Client, bounded by ctx.
 func (c *Client) Close(ctx context.Context) error {
-	err := c.cm.Disconnect(ctx)
+	cm := c.cm.Load()
+	if cm == nil {
+		return nil
+	}
+	err := cm.Disconnect(ctx)
 	c.cancel()
 	c.wg.Wait()
 	c.connected.Store(false)
@@ -289,4 +320,8 @@ func (c *Client) Close(ctx context.Context) error {
 
 // Kill drops the connection without DISCONNECT, as a crash would, so the
 // server publishes the will. For tests.
-func (c *Client) Kill() { c.cm.TerminateConnectionForTest() }
+func (c *Client) Kill() {
+	if cm := c.cm.Load(); cm != nil {
+		cm.TerminateConnectionForTest()
+	}
+}
