@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,6 +33,13 @@ func runBroker(ctx context.Context, g *globals) error {
 	cfg, log, err := g.loadConfig(os.Stderr)
 	if err != nil {
 		return err
+	}
+	// The broker's live heap is a few MB of short-lived request garbage; the
+	// default GC target collects it so often that the collector costs ~10%
+	// of throughput. A higher target trades a few MB for that CPU. GOGC set
+	// by the operator wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
 	}
 
 	// Bind the HTTP port first: a taken port fails before anything else starts.

@@ -20,7 +20,7 @@ import (
 const nodeKey = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 
 // startBroker runs a Broker on a real MQTT connection behind a real HTTP server.
-func startBroker(t *testing.T, server *url.URL, weights map[string]int) (*broker.Broker, *httptest.Server) {
+func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*broker.Broker, *httptest.Server) {
 	t.Helper()
 	var b *broker.Broker
 	o := mqtt.Options{Server: server, ClientID: fmt.Sprintf("broker-%d", time.Now().UnixNano()), Keepalive: 5 * time.Second, Logger: testbus.Quiet(),
@@ -78,7 +78,7 @@ func workerData(port int) string {
 }
 
 // announce publishes what a worker publishes, retained.
-func announce(t *testing.T, server *url.URL, worker, domain string, port, peers int) {
+func announce(t testing.TB, server *url.URL, worker, domain string, port, peers int) {
 	testbus.Publish(t, server, wgkex.DataTopic(worker, domain), workerData(port), 1, true)
 	testbus.Publish(t, server, wgkex.ConnectedPeersTopic(domain, worker), fmt.Sprint(peers), 1, true)
 	testbus.Publish(t, server, wgkex.StatusTopic(worker), "1", 1, true)

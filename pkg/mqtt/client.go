@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"sync"
@@ -213,6 +214,13 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	if o.Password != "" {
 		cfg.ConnectPassword = []byte(o.Password)
+	}
+	if dial := dialer(o.Server.Scheme, o.TLS); dial != nil {
+		cfg.AttemptConnection = func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return dial(ctx, u.Host)
+		}
 	}
 	if o.Persistent {
 		cfg.SessionExpiryInterval = uint32(o.SessionExpiry / time.Second)
