@@ -1,0 +1,92 @@
+// Package wguser runs a WireGuard device in this process (wireguard-go on a
+// TUN device) with the UAPI socket that wgctrl and wg(8) talk to. It is the
+// fallback where the kernel has no WireGuard module.
+package wguser
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Device is a running userspace WireGuard interface.
+type Device struct {
+	Name string
+	dev  *device.Device
+	uapi net.Listener
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// Start creates the TUN interface name and serves its UAPI socket in
+// /var/run/wireguard/<name>.sock. The link is left down; configure it
+// (addresses, addrgenmode) and bring it up as with a kernel device.
+func Start(name string, log *slog.Logger) (*Device, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	t, err := tun.CreateTUN(name, device.DefaultMTU)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w", name, err)
+	}
+	if real, err := t.Name(); err == nil {
+		name = real
+	}
+	file, err := ipc.UAPIOpen(name)
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("open UAPI socket for %s: %w", name, err)
+	}
+	l := log.With("wireguard", name)
+	dev := device.NewDevice(t, conn.NewDefaultBind(), &device.Logger{
+		Verbosef: func(format string, args ...any) { l.Debug(fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { l.Warn(fmt.Sprintf(format, args...)) },
+	})
+	uapi, err := ipc.UAPIListen(name, file)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
+	}
+	d := &Device{Name: name, dev: dev, uapi: uapi}
+	d.wg.Add(1)
+	go d.serve()
+	return d, nil
+}
+
+// serve answers UAPI clients until Close.
+func (d *Device) serve() {
+	defer d.wg.Done()
+	for {
+		c, err := d.uapi.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				d.dev.Close()
+			}
+			return
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.dev.IpcHandle(c) // returns when the client hangs up
+		}()
+	}
+}
+
+// Done is closed when the device has stopped (Close, or the TUN vanished).
+func (d *Device) Done() <-chan struct{} { return d.dev.Wait() }
+
+// Close removes the socket and the interface.
+func (d *Device) Close() {
+	d.once.Do(func() {
+		d.uapi.Close()
+		d.dev.Close()
+		d.wg.Wait()
+	})
+}
