@@ -20,6 +20,12 @@ var bin string
 
 // TestMain builds the binary once: these tests run wgkex as users do.
 func TestMain(m *testing.M) {
+	// A test re-run in a network namespace (internal/netns) reuses the
+	// binary its parent built.
+	if b := os.Getenv("WGKEX_TEST_BIN"); b != "" {
+		bin = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "wgkex-cmd")
 	if err != nil {
 		panic(err)
@@ -30,6 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	os.Setenv("WGKEX_TEST_BIN", bin)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -55,6 +55,8 @@ func newRootCommand() *cobra.Command {
 
 	root.AddCommand(
 		newBrokerCommand(g),
+		newWorkerCommand(g),
+		newDummyIfaceCommand(g),
 		newVersionCommand(),
 	)
 	return root
@@ -63,9 +65,20 @@ func newRootCommand() *cobra.Command {
 // loadConfig reads and validates the configuration and sets up logging,
 // before the caller touches the network or the kernel.
 func (g *globals) loadConfig(stderr io.Writer) (*config.Config, *slog.Logger, error) {
+	return g.loadConfigWith(stderr, nil)
+}
+
+type configT = config.Config
+
+// loadConfigWith is loadConfig with flags applied (by override) before
+// validation.
+func (g *globals) loadConfigWith(stderr io.Writer, override func(*config.Config)) (*config.Config, *slog.Logger, error) {
 	cfg, err := config.Load(g.configFile)
 	if err != nil {
 		return nil, nil, err
+	}
+	if override != nil {
+		override(cfg)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err

@@ -241,6 +241,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			w.flushQueue()
 			return nil
 		case j := <-w.queue:
 			w.InstallBatch(w.drain(j))
@@ -254,6 +255,19 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.CheckLinks(ctx)
 		case <-w.linkCheck:
 			w.CheckLinks(ctx)
+		}
+	}
+}
+
+// flushQueue installs what is still queued at shutdown: those keys were
+// acknowledged to the MQTT server already and would be lost otherwise.
+func (w *Worker) flushQueue() {
+	for {
+		select {
+		case j := <-w.queue:
+			w.InstallBatch(w.drain(j))
+		default:
+			return
 		}
 	}
 }

@@ -1,0 +1,120 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/freifunkMUC/wgkex/pkg/dummyiface"
+	"github.com/freifunkMUC/wgkex/pkg/netlink"
+)
+
+func newDummyIfaceCommand(g *globals) *cobra.Command {
+	var (
+		domains   []string
+		port      int
+		del       bool
+		userspace bool
+	)
+	c := &cobra.Command{
+		Use:   "dummy-iface",
+		Short: "Create a test gateway's wg-X and vx-X interfaces for each domain",
+		Long: "dummy-iface builds what a gateway needs per domain: wg-X with a fresh key and a listen\n" +
+			"port, the link-local address derived from its key, and vx-X (VXLAN id 99 over wg-X)\n" +
+			"with fe80::1/64. Without kernel WireGuard it runs WireGuard in userspace, stays in the\n" +
+			"foreground and removes the interfaces on SIGINT/SIGTERM.",
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runDummyIface(c.Context(), g, domains, port, del, userspace)
+		},
+	}
+	f := c.Flags()
+	f.StringArrayVar(&domains, "domain", nil, "domain to build (repeatable; default: every configured domain)")
+	f.IntVar(&port, "listen-port", 51820, "WireGuard listen port of the first domain; further domains get the next ports")
+	f.BoolVar(&del, "delete", false, "remove the interfaces instead")
+	f.BoolVar(&userspace, "userspace", false, "use userspace WireGuard even when the kernel has it")
+	return c
+}
+
+func runDummyIface(ctx context.Context, g *globals, domains []string, port int, del, userspace bool) error {
+	cfg, log, err := g.loadConfigWith(os.Stderr, func(c *configT) {
+		if len(domains) > 0 {
+			c.Domains = domains
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if port < 1 || port+len(cfg.Domains)-1 > 65535 {
+		return fmt.Errorf("--listen-port %d: ports out of range for %d domains", port, len(cfg.Domains))
+	}
+	k, err := netlink.Dial()
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	ifaces := cfg.Interfaces()
+
+	if del {
+		var errs []error
+		for _, d := range cfg.Domains {
+			if err := dummyiface.Delete(k, ifaces[d], nil); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			fmt.Printf("%s: removed %s and %s\n", d, ifaces[d].WireGuard, ifaces[d].VXLAN)
+		}
+		return errors.Join(errs...)
+	}
+
+	wg, err := wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("open wireguard control: %w", err)
+	}
+	defer wg.Close()
+	var made []*dummyiface.Gateway
+	cleanup := func() {
+		for _, gw := range made {
+			if gw.Userspace != nil {
+				if err := gw.Close(k); err != nil {
+					log.Warn("remove interfaces", "err", err)
+				}
+			}
+		}
+	}
+	for i, d := range cfg.Domains {
+		gw, err := dummyiface.Create(k, wg, dummyiface.Options{
+			Interfaces: ifaces[d], ListenPort: port + i, Userspace: userspace, Logger: log,
+		})
+		if err != nil {
+			cleanup()
+			return fmt.Errorf("%s: %w", d, err)
+		}
+		made = append(made, gw)
+		mode := "kernel"
+		if gw.Userspace != nil {
+			mode = "userspace (this process)"
+		}
+		if gw.Existed {
+			mode = "already there, left as it is"
+		}
+		fmt.Printf("%s: %s public key %s port %d link address %s [%s]; %s vxlan id %d local %s dev %s, %s\n",
+			d, gw.Interfaces.WireGuard, gw.PublicKey, gw.ListenPort, gw.LinkAddress, mode,
+			gw.Interfaces.VXLAN, dummyiface.VXLANID, gw.LinkAddress, gw.Interfaces.WireGuard, dummyiface.GatewayAddress)
+	}
+	userspaceRunning := false
+	for _, gw := range made {
+		userspaceRunning = userspaceRunning || gw.Userspace != nil
+	}
+	if !userspaceRunning {
+		return nil
+	}
+	log.Info("userspace WireGuard running; Ctrl-C (SIGINT/SIGTERM) removes the interfaces")
+	<-ctx.Done()
+	cleanup()
+	return nil
+}
