@@ -84,6 +84,10 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 	mo.OnReady = func(context.Context, *mqtt.Client) { w.RequestAnnounce() }
 	client := mqtt.New(mo)
 
+	grace := cfg.Worker.NewPeerGrace
+	if grace == 0 {
+		grace = -1 // new_peer_grace: 0 asks for the original's behaviour
+	}
 	w = worker.New(worker.Options{
 		Name:            name,
 		ExternalName:    external,
@@ -94,7 +98,7 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 		MetricsInterval: cfg.Worker.MetricsInterval,
 		CleanupInterval: cfg.Worker.CleanupInterval,
 		PeerTimeout:     cfg.Worker.PeerTimeout,
-		NewPeerGrace:    cfg.Worker.NewPeerGrace,
+		NewPeerGrace:    grace,
 		Logger:          log,
 	})
 	log.Info("worker starting", "name", name, "external", external, "domains", cfg.Domains, "mqtt", mo.Server.Redacted())

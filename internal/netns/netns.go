@@ -25,7 +25,11 @@ var setupOnce sync.Once
 // Run re-executes the test binary for the calling top-level test in new
 // namespaces. It returns true in that child, where the test goes on, and
 // false in the parent, where the child's outcome has been reported.
-func Run(t *testing.T) bool {
+//
+// For a benchmark (a *testing.B), the child runs the benchmark once
+// (-test.benchtime=1x) and its output, with the figures it reports, is
+// copied to standard output.
+func Run(t testing.TB) bool {
 	t.Helper()
 	if strings.Contains(t.Name(), "/") {
 		t.Fatal("netns.Run must be called from a top-level test")
@@ -41,9 +45,13 @@ func Run(t *testing.T) bool {
 	if os.Geteuid() != 0 {
 		testbus.Missing(t, "needs root for network namespaces (run scripts/test.sh as root)")
 	}
+	_, bench := t.(*testing.B)
 	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v", "-test.count=1"}
+	if bench {
+		args = []string{"-test.run=^$", "-test.bench=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.benchtime=1x", "-test.count=1"}
+	}
 	for _, a := range os.Args[1:] {
-		if strings.HasPrefix(a, "-test.timeout") || strings.HasPrefix(a, "-test.bench") || strings.HasPrefix(a, "-test.benchtime") {
+		if strings.HasPrefix(a, "-test.timeout") {
 			args = append(args, a)
 		}
 	}
@@ -57,6 +65,10 @@ func Run(t *testing.T) bool {
 	text := string(out)
 	if err != nil {
 		t.Fatalf("in namespace:\n%s", text)
+	}
+	if bench {
+		os.Stdout.WriteString(text)
+		return false
 	}
 	if strings.Contains(text, "--- SKIP: "+t.Name()) {
 		t.Skipf("in namespace:\n%s", text)

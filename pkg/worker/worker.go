@@ -61,7 +61,7 @@ type Options struct {
 	MetricsInterval time.Duration // default 60 s
 	CleanupInterval time.Duration // default 1 h
 	PeerTimeout     time.Duration // default 3 h
-	NewPeerGrace    time.Duration // default 10 min
+	NewPeerGrace    time.Duration // default (0) 10 min; negative: no grace at all
 	// HandshakeWindow: a peer counts as connected when its last handshake
 	// is this recent (default 3 min, as the original).
 	HandshakeWindow time.Duration
@@ -147,7 +147,10 @@ func New(o Options) *Worker {
 	def(&o.PeerTimeout, 3*time.Hour)
 	def(&o.HandshakeWindow, 3*time.Minute)
 	def(&o.LinkCheckInterval, 5*time.Second)
-	if o.NewPeerGrace < 0 {
+	switch {
+	case o.NewPeerGrace == 0:
+		o.NewPeerGrace = 10 * time.Minute
+	case o.NewPeerGrace < 0:
 		o.NewPeerGrace = 0
 	}
 	if o.BatchSize <= 0 {

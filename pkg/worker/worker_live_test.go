@@ -49,7 +49,7 @@ type host struct {
 	bus *testbus.Server
 }
 
-func newHost(t *testing.T) *host {
+func newHost(t testing.TB) *host {
 	t.Helper()
 	k, err := netlink.Dial()
 	if err != nil {
@@ -77,7 +77,7 @@ type runningWorker struct {
 	done   chan struct{}
 }
 
-func (h *host) startWorker(t *testing.T, name string, clk *clock) *runningWorker {
+func (h *host) startWorker(t testing.TB, name string, clk *clock) *runningWorker {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var w *worker.Worker
@@ -128,7 +128,7 @@ type kernelState struct {
 	fdb    []string
 }
 
-func (h *host) state(t *testing.T) kernelState {
+func (h *host) state(t testing.TB) kernelState {
 	t.Helper()
 	dev, err := h.wg.Device(ifs.WireGuard)
 	if err != nil {
@@ -165,7 +165,7 @@ func (h *host) state(t *testing.T) kernelState {
 }
 
 // installed reports whether key has its peer, route and FDB entry.
-func (h *host) installed(t *testing.T, key string) bool {
+func (h *host) installed(t testing.TB, key string) bool {
 	s := h.state(t)
 	ll := wgkex.LinkLocal(key)
 	wgi, _ := h.k.LinkIndex(ifs.WireGuard)
@@ -193,7 +193,7 @@ func eventually(t *testing.T, what string, timeout time.Duration, cond func() bo
 	}
 }
 
-func newKey(t *testing.T) (wgtypes.Key, string) {
+func newKey(t testing.TB) (wgtypes.Key, string) {
 	t.Helper()
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
@@ -202,7 +202,7 @@ func newKey(t *testing.T) (wgtypes.Key, string) {
 	return k, k.PublicKey().String()
 }
 
-func sh(t *testing.T, cmd string, args ...string) string {
+func sh(t testing.TB, cmd string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(cmd, args...).CombinedOutput()
 	if err != nil {
