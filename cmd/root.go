@@ -57,6 +57,7 @@ func newRootCommand() *cobra.Command {
 		newBrokerCommand(g),
 		newWorkerCommand(g),
 		newDummyIfaceCommand(g),
+		newClientCommand(g),
 		newVersionCommand(),
 	)
 	return root

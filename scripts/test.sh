@@ -12,6 +12,8 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v ip >/dev/null || need+=(iproute2)
 command -v bridge >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}"

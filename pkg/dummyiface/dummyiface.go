@@ -12,8 +12,6 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/jsimonetti/rtnetlink/v2"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -78,35 +76,25 @@ func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
 		}
 		key = &k
 	}
-	if err := createWireGuard(k, ifs.WireGuard, o); err != nil {
-		if !errors.Is(err, unix.EOPNOTSUPP) {
-			return nil, err
-		}
-		o.Logger.Info("no kernel WireGuard; running WireGuard in userspace in this process", "interface", ifs.WireGuard)
-		dev, err := wguser.Start(ifs.WireGuard, o.Logger)
-		if err != nil {
-			return nil, err
-		}
-		g.Userspace = dev
+	dev, err := wguser.Create(k, ifs.WireGuard, o.Userspace, o.Logger)
+	if err != nil {
+		return nil, err
 	}
+	g.Userspace = dev
 	fail := func(err error) (*Gateway, error) {
 		g.Close(k)
 		return nil, err
-	}
-	// Only the derived address on wg-X: no kernel-made fe80:: before it.
-	if err := netlink.SetAddrGenModeNone(ifs.WireGuard); err != nil {
-		return fail(err)
 	}
 	port := o.ListenPort
 	if err := wg.ConfigureDevice(ifs.WireGuard, wgtypes.Config{PrivateKey: key, ListenPort: &port}); err != nil {
 		return fail(fmt.Errorf("configure %s: %w", ifs.WireGuard, err))
 	}
-	dev, err := wg.Device(ifs.WireGuard)
+	wdev, err := wg.Device(ifs.WireGuard)
 	if err != nil {
 		return fail(fmt.Errorf("read %s: %w", ifs.WireGuard, err))
 	}
-	g.PublicKey, g.ListenPort = dev.PublicKey, dev.ListenPort
-	g.LinkAddress = wgkex.LinkLocal(dev.PublicKey.String())
+	g.PublicKey, g.ListenPort = wdev.PublicKey, wdev.ListenPort
+	g.LinkAddress = wgkex.LinkLocal(wdev.PublicKey.String())
 
 	wgIndex, err := k.LinkIndex(ifs.WireGuard)
 	if err != nil {
@@ -132,17 +120,6 @@ func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
 		return fail(err)
 	}
 	return g, nil
-}
-
-// createWireGuard asks the kernel for a WireGuard link.
-func createWireGuard(k *netlink.Kernel, name string, o Options) error {
-	if o.Userspace {
-		return unix.EOPNOTSUPP
-	}
-	return k.NewLink(&rtnetlink.LinkMessage{
-		Family:     unix.AF_UNSPEC,
-		Attributes: &rtnetlink.LinkAttributes{Name: name, Info: &rtnetlink.LinkInfo{Kind: "wireguard"}},
-	})
 }
 
 // Close removes what Create made (nothing when the interfaces existed).

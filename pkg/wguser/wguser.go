@@ -10,10 +10,14 @@ import (
 	"net"
 	"sync"
 
+	"github.com/jsimonetti/rtnetlink/v2"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/freifunkMUC/wgkex/pkg/netlink"
 )
 
 // Device is a running userspace WireGuard interface.
@@ -89,4 +93,35 @@ func (d *Device) Close() {
 		d.dev.Close()
 		d.wg.Wait()
 	})
+}
+
+// Create makes the WireGuard interface name: a kernel WireGuard link when
+// the kernel has the module (and forceUserspace is false), else a device
+// in this process (returned; nil for kernel WireGuard). Either way the
+// link's addrgenmode is none, so that only the addresses derived from
+// WireGuard keys are on it, and it is left down.
+func Create(k *netlink.Kernel, name string, forceUserspace bool, log *slog.Logger) (*Device, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if !forceUserspace {
+		err := k.NewLink(&rtnetlink.LinkMessage{Family: unix.AF_UNSPEC,
+			Attributes: &rtnetlink.LinkAttributes{Name: name, Info: &rtnetlink.LinkInfo{Kind: "wireguard"}}})
+		if err == nil {
+			return nil, netlink.SetAddrGenModeNone(name)
+		}
+		if !errors.Is(err, unix.EOPNOTSUPP) {
+			return nil, err
+		}
+		log.Info("no kernel WireGuard; running WireGuard in userspace in this process", "interface", name)
+	}
+	dev, err := Start(name, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.SetAddrGenModeNone(name); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return dev, nil
 }

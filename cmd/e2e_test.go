@@ -1,0 +1,388 @@
+package cmd_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex/internal/testbus"
+	"github.com/freifunkMUC/wgkex/pkg/wgkex"
+)
+
+// nsHost is a test host: a process holding fresh network and mount
+// namespaces (with a private /var/run/wireguard), entered with nsenter.
+type nsHost struct {
+	name string
+	pid  int
+	ip   string
+}
+
+func newNSHost(t *testing.T, name, ip string) *nsHost {
+	t.Helper()
+	cmd := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+		"mkdir -p /var/run/wireguard && mount -t tmpfs tmpfs /var/run/wireguard && ip link set lo up && echo ready && exec sleep infinity")
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		testbus.Missing(t, "unshare: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		testbus.Missing(t, "cannot create namespaces for host %s (need root and unshare)", name)
+	}
+	return &nsHost{name: name, pid: cmd.Process.Pid, ip: ip}
+}
+
+func (h *nsHost) command(args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"-t", fmt.Sprint(h.pid), "-n", "-m", "--"}, args...)...)
+}
+
+// run runs a command on the host and returns its output; failure is fatal.
+func (h *nsHost) run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := h.command(args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %v\n%s", h.name, args, err, out)
+	}
+	return string(out)
+}
+
+// try runs a command and reports whether it succeeded.
+func (h *nsHost) try(args ...string) (string, bool) {
+	out, err := h.command(args...).CombinedOutput()
+	return string(out), err == nil
+}
+
+// start runs wgkex on the host in the background.
+func (h *nsHost) start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: h.command(append([]string{bin}, args...)...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s %v:\n%s", h.name, args, p.stderr)
+		}
+	})
+	return p
+}
+
+// mesh is the test network: a broker host with a bridge, two gateways and
+// two nodes, all on 10.99.0.0/24, plus the test process itself.
+type mesh struct {
+	broker, gw1, gw2, node1, node2 *nsHost
+	cfg, dir                       string
+}
+
+var seq int
+
+func newMesh(t *testing.T) *mesh {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testbus.Missing(t, "needs root for network namespaces (run scripts/test.sh as root)")
+	}
+	for _, b := range []string{"unshare", "nsenter", "ip", "wg", "ping", "mosquitto"} {
+		if _, err := exec.LookPath(b); err != nil {
+			if _, err := os.Stat("/usr/sbin/" + b); err != nil {
+				testbus.Missing(t, "%s is not installed", b)
+			}
+		}
+	}
+	seq++
+	tag := fmt.Sprintf("%d%d", os.Getpid()%1000, seq)
+	m := &mesh{dir: t.TempDir()}
+	m.broker = newNSHost(t, "broker", "10.99.0.1")
+	m.gw1 = newNSHost(t, "gw1", "10.99.0.2")
+	m.gw2 = newNSHost(t, "gw2", "10.99.0.3")
+	m.node1 = newNSHost(t, "node1", "10.99.0.11")
+	m.node2 = newNSHost(t, "node2", "10.99.0.12")
+	m.broker.run(t, "ip", "link", "add", "br0", "type", "bridge")
+	m.broker.run(t, "ip", "addr", "add", "10.99.0.1/24", "dev", "br0")
+	m.broker.run(t, "ip", "link", "set", "br0", "up")
+	// The test process joins the network too, to watch the broker.
+	hosts := []*nsHost{m.gw1, m.gw2, m.node1, m.node2, {name: "test", pid: 1, ip: "10.99.0.254"}}
+	for i, h := range hosts {
+		outer, inner := fmt.Sprintf("w%s-%d", tag, i), fmt.Sprintf("e%s-%d", tag, i)
+		if out, err := exec.Command("ip", "link", "add", outer, "type", "veth", "peer", "name", inner).CombinedOutput(); err != nil {
+			t.Fatalf("veth: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "link", "del", inner).Run() })
+		exec.Command("ip", "link", "set", outer, "netns", fmt.Sprint(m.broker.pid)).Run()
+		m.broker.run(t, "ip", "link", "set", outer, "master", "br0", "up")
+		if h.pid != 1 {
+			exec.Command("ip", "link", "set", inner, "netns", fmt.Sprint(h.pid)).Run()
+			h.run(t, "ip", "addr", "add", h.ip+"/24", "dev", inner)
+			h.run(t, "ip", "link", "set", inner, "up")
+		} else {
+			exec.Command("ip", "addr", "add", h.ip+"/24", "dev", inner).Run()
+			exec.Command("ip", "link", "set", inner, "up").Run()
+		}
+	}
+	m.cfg = filepath.Join(m.dir, "wgkex.yaml")
+	os.WriteFile(m.cfg, []byte(`domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+workers:
+  gw1: {weight: 1}
+  gw2: {weight: 1}
+broker_listen: {host: 0.0.0.0, port: 5000}
+mqtt:
+  broker_url: 10.99.0.1
+  broker_port: 1883
+  keepalive: 5
+worker:
+  metrics_interval: 2s
+`), 0o644)
+	return m
+}
+
+// startBus runs the MQTT server: Mosquitto, or (embedded) nothing here,
+// since the broker then runs its own.
+func (m *mesh) startMosquitto(t *testing.T) {
+	conf := filepath.Join(m.dir, "mosquitto.conf")
+	os.WriteFile(conf, []byte("listener 1883 10.99.0.1\nallow_anonymous true\npersistence false\n"), 0o644)
+	os.Chmod(m.dir, 0o755)
+	cmd := m.broker.command("mosquitto", "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+// status is the broker's view of the workers (GET /).
+func statusPage(t *testing.T) string {
+	resp, err := http.Get("http://10.99.0.1:5000/")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+var connectedRE = regexp.MustCompile(`connected: \S+ -> (\S+):(\d+) \(gateway (\S+), link address (\S+)\); own link address (\S+)`)
+
+type nodeLink struct{ gatewayIP, gatewayKey, gatewayLL, ownLL, pubkey string }
+
+func (m *mesh) connect(t *testing.T, node *nsHost, env []string) (*proc, nodeLink) {
+	t.Helper()
+	keyFile := filepath.Join(m.dir, node.name+".key")
+	p := node.start(t, env, "client", "connect", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt",
+		"--private-key-file", keyFile, "--watch", "--interval", "2s", "--retries", "5")
+	var l nodeLink
+	waitFor(t, node.name+" connected", func() bool {
+		mm := connectedRE.FindStringSubmatch(p.stderr.String())
+		if mm == nil {
+			return false
+		}
+		l = nodeLink{gatewayIP: mm[1], gatewayKey: mm[3], gatewayLL: mm[4], ownLL: mm[5]}
+		return true
+	})
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file %s: %v %v", keyFile, fi.Mode(), err)
+	}
+	out, _ := node.try("wg", "show", "wg-mesh", "public-key")
+	l.pubkey = strings.TrimSpace(out)
+	return p, l
+}
+
+func (m *mesh) gateway(ip string) *nsHost {
+	if ip == m.gw1.ip {
+		return m.gw1
+	}
+	return m.gw2
+}
+
+// installed checks a node's key on a gateway: peer, route and FDB entry.
+func installed(gw *nsHost, key string) bool {
+	ll := wgkex.LinkLocal(key).String()
+	peers, _ := gw.try("wg", "show", "wg-welt", "allowed-ips")
+	routes, _ := gw.try("ip", "-6", "route", "show", "dev", "wg-welt", "proto", "129")
+	fdb, _ := gw.try("bridge", "fdb", "show", "dev", "vx-welt")
+	return strings.Contains(peers, key+"\t"+ll+"/128") && strings.Contains(routes, ll) &&
+		strings.Contains(fdb, "00:00:00:00:00:00 dst "+ll+" via wg-welt")
+}
+
+// pingable waits for ping to answer (VXLAN link-local addresses need a
+// moment for duplicate address detection).
+func pingable(t *testing.T, from *nsHost, target string) {
+	t.Helper()
+	var out string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var ok bool
+		if out, ok = from.try("ping", "-6", "-c", "1", "-W", "1", target); ok {
+			return
+		}
+	}
+	diag, _ := from.try("sh", "-c", "wg show all; ip -6 addr; ip -6 route; bridge fdb show; ip -d link show")
+	t.Fatalf("%s cannot ping %s:\n%s\n%s", from.name, target, out, diag)
+}
+
+func vxlanLL(t *testing.T, h *nsHost, dev string) string {
+	out := h.run(t, "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link")
+	f := strings.Fields(out)
+	for i, x := range f {
+		if x == "inet6" && i+1 < len(f) {
+			return strings.Split(f[i+1], "/")[0]
+		}
+	}
+	t.Fatalf("no link-local address on %s: %s", dev, out)
+	return ""
+}
+
+// TestEndToEnd builds a whole mesh from the wgkex binary: broker, two
+// gateways (dummy-iface + worker) and two nodes (client connect), on a real
+// Mosquitto and then on the broker's embedded bus.
+func TestEndToEnd(t *testing.T) {
+	for _, bus := range []string{"mosquitto", "embedded"} {
+		t.Run(bus, func(t *testing.T) {
+			m := newMesh(t)
+			var env []string
+			if bus == "mosquitto" {
+				m.startMosquitto(t)
+				m.broker.start(t, nil, "broker", "--config", m.cfg)
+			} else {
+				// The embedded server beyond loopback requires credentials.
+				creds := []string{"WGKEX_MQTT_USERNAME=wgkex", "WGKEX_MQTT_PASSWORD=e2e-secret"}
+				m.broker.start(t, append(creds, "WGKEX_MQTT_BROKER_URL=", "WGKEX_MQTT_LISTEN=10.99.0.1:1883"), "broker", "--config", m.cfg)
+				env = creds
+			}
+			waitFor(t, "broker", func() bool { return strings.Contains(statusPage(t), "wgkex") })
+
+			workers := map[*nsHost]*proc{}
+			for _, gw := range []*nsHost{m.gw1, m.gw2} {
+				gw.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
+				waitFor(t, gw.name+" interfaces", func() bool { _, ok := gw.try("ip", "link", "show", "vx-welt"); return ok })
+				workers[gw] = gw.start(t, append(env, "WGKEX_EXTERNALNAME="+gw.ip), "worker", "--config", m.cfg, "--name", gw.name)
+			}
+			waitFor(t, "both workers online with metrics at the broker", func() bool {
+				p := statusPage(t)
+				return strings.Count(p, "<td>true</td>") == 2 && strings.Count(p, "ffmuc_welt: ") == 2
+			})
+
+			_, l1 := m.connect(t, m.node1, nil)
+			gwA := m.gateway(l1.gatewayIP)
+			t.Logf("node1 -> %s", gwA.name)
+			waitFor(t, "node1's key on both gateways", func() bool { return installed(m.gw1, l1.pubkey) && installed(m.gw2, l1.pubkey) })
+			pingable(t, m.node1, "fe80::1%vx-mesh")
+			pingable(t, gwA, vxlanLL(t, m.node1, "vx-mesh")+"%vx-welt")
+
+			_, l2 := m.connect(t, m.node2, nil)
+			if l2.gatewayIP == l1.gatewayIP {
+				t.Errorf("node2 sent to the same gateway as node1 (%s) with equal weights and loads", l2.gatewayIP)
+			}
+			pingable(t, m.node2, "fe80::1%vx-mesh")
+
+			// The worker of node1's gateway restarts: the node's link survives.
+			workers[gwA].signal(t, syscall.SIGTERM)
+			workers[gwA] = gwA.start(t, append(env, "WGKEX_EXTERNALNAME="+gwA.ip), "worker", "--config", m.cfg, "--name", gwA.name)
+			pingable(t, m.node1, "fe80::1%vx-mesh")
+
+			// The whole gateway is rebuilt (new WireGuard key): the node sees
+			// its link go down and registers again.
+			workers[gwA].signal(t, syscall.SIGTERM)
+			gwA.run(t, bin, "dummy-iface", "--config", m.cfg, "--delete")
+			gwA.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
+			waitFor(t, "rebuilt interfaces", func() bool { _, ok := gwA.try("ip", "link", "show", "vx-welt"); return ok })
+			gwA.start(t, append(env, "WGKEX_EXTERNALNAME="+gwA.ip), "worker", "--config", m.cfg, "--name", gwA.name)
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				if _, ok := m.node1.try("ping", "-6", "-c", "1", "-W", "1", "fe80::1%vx-mesh"); ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("node1 did not reconnect after its gateway was rebuilt")
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestGluonRequest replays what a Gluon node's wget sends, then uses the
+// answer exactly as the node's script does, with wg(8) and ip(8), and
+// pings the gateway across the resulting VXLAN-over-WireGuard link.
+func TestGluonRequest(t *testing.T) {
+	m := newMesh(t)
+	m.startMosquitto(t)
+	m.broker.start(t, nil, "broker", "--config", m.cfg)
+	m.gw1.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
+	waitFor(t, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
+	m.gw1.start(t, []string{"WGKEX_EXTERNALNAME=" + m.gw1.ip}, "worker", "--config", m.cfg, "--name", "gw1")
+	waitFor(t, "gw1 online", func() bool { return strings.Count(statusPage(t), "ffmuc_welt: ") == 1 })
+
+	// The node's WireGuard interface (wg-node, from dummy-iface; its
+	// vx-node is not used).
+	m.node1.start(t, []string{"WGKEX_DOMAINS=ffmuc_node"}, "dummy-iface", "--config", m.cfg, "--listen-port", "51900")
+	var key string
+	waitFor(t, "node interface", func() bool {
+		out, _ := m.node1.try("wg", "show", "wg-node", "public-key")
+		key = strings.TrimSpace(out)
+		_, up := m.node1.try("ip", "link", "show", "vx-node")
+		return wgkex.ValidKey(key) && up
+	})
+
+	// uclient-fetch as Gluon runs it: --post-data sets this content type.
+	req, _ := http.NewRequest("POST", "http://10.99.0.1:5000/api/v2/wg/key/exchange",
+		strings.NewReader(`{"domain": "ffmuc_welt", "public_key": "`+key+`"}`))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("User-Agent", "uclient-fetch")
+	req.Header.Set("Accept", "*/*")
+	req.Header.Set("Connection", "close")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var reply struct {
+		Endpoint struct {
+			Address    string
+			Port       string
+			PublicKey  string
+			AllowedIPs []string
+		}
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, &reply); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s (%v)", resp.StatusCode, body, err)
+	}
+	e := reply.Endpoint
+	if e.Address != m.gw1.ip || e.Port != "51820" || !wgkex.ValidKey(e.PublicKey) || len(e.AllowedIPs) != 1 {
+		t.Fatalf("Endpoint %+v", e)
+	}
+	waitFor(t, "key on gw1", func() bool { return installed(m.gw1, key) })
+
+	// What the node's script does with the fields. (Without dummy-iface's
+	// vx-node first: two VXLAN links with one VNI and port cannot coexist.)
+	m.node1.run(t, "ip", "link", "del", "vx-node")
+	// Gluon puts its link-local address on the WireGuard interface as a
+	// /64, which brings this route; dummy-iface gave wg-node a /128.
+	m.node1.run(t, "ip", "-6", "route", "add", "fe80::/64", "dev", "wg-node")
+	m.node1.run(t, "wg", "set", "wg-node", "peer", e.PublicKey, "persistent-keepalive", "25",
+		"allowed-ips", e.AllowedIPs[0]+"/128", "endpoint", e.Address+":"+e.Port)
+	m.node1.run(t, "ip", "link", "add", "vx-gluon", "type", "vxlan", "id", "99", "remote", e.AllowedIPs[0],
+		"dstport", "8472", "local", wgkex.LinkLocal(key).String(), "dev", "wg-node")
+	m.node1.run(t, "ip", "link", "set", "vx-gluon", "up")
+	pingable(t, m.node1, "fe80::1%vx-gluon")
+}
