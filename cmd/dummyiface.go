@@ -114,7 +114,23 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 		return nil
 	}
 	log.Info("userspace WireGuard running; Ctrl-C (SIGINT/SIGTERM) removes the interfaces")
-	<-ctx.Done()
+	gone := make(chan string, len(made))
+	for _, gw := range made {
+		if gw.Userspace != nil {
+			go func() {
+				select {
+				case <-gw.Userspace.Done():
+					gone <- gw.Interfaces.WireGuard
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}
+	select {
+	case <-ctx.Done():
+	case name := <-gone:
+		log.Warn("interface removed from outside; removing the others and exiting", "interface", name)
+	}
 	cleanup()
 	return nil
 }

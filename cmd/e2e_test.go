@@ -148,7 +148,6 @@ workers:
   gw2: {weight: 1}
 broker_listen: {host: 0.0.0.0, port: 5000}
 mqtt:
-  broker_url: 10.99.0.1
   broker_port: 1883
   keepalive: 5
 worker:
@@ -258,15 +257,16 @@ func TestEndToEnd(t *testing.T) {
 	for _, bus := range []string{"mosquitto", "embedded"} {
 		t.Run(bus, func(t *testing.T) {
 			m := newMesh(t)
-			var env []string
+			// Workers always name the server; the broker only for Mosquitto
+			// (without broker_url it runs the embedded server).
+			env := []string{"WGKEX_MQTT_BROKER_URL=10.99.0.1"}
 			if bus == "mosquitto" {
 				m.startMosquitto(t)
-				m.broker.start(t, nil, "broker", "--config", m.cfg)
+				m.broker.start(t, env, "broker", "--config", m.cfg)
 			} else {
 				// The embedded server beyond loopback requires credentials.
-				creds := []string{"WGKEX_MQTT_USERNAME=wgkex", "WGKEX_MQTT_PASSWORD=e2e-secret"}
-				m.broker.start(t, append(creds, "WGKEX_MQTT_BROKER_URL=", "WGKEX_MQTT_LISTEN=10.99.0.1:1883"), "broker", "--config", m.cfg)
-				env = creds
+				env = append(env, "WGKEX_MQTT_USERNAME=wgkex", "WGKEX_MQTT_PASSWORD=e2e-secret")
+				m.broker.start(t, append(env[1:], "WGKEX_MQTT_LISTEN=10.99.0.1:1883"), "broker", "--config", m.cfg)
 			}
 			waitFor(t, "broker", func() bool { return strings.Contains(statusPage(t), "wgkex") })
 
@@ -326,10 +326,11 @@ func TestEndToEnd(t *testing.T) {
 func TestGluonRequest(t *testing.T) {
 	m := newMesh(t)
 	m.startMosquitto(t)
-	m.broker.start(t, nil, "broker", "--config", m.cfg)
+	bus := "WGKEX_MQTT_BROKER_URL=10.99.0.1"
+	m.broker.start(t, []string{bus}, "broker", "--config", m.cfg)
 	m.gw1.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
 	waitFor(t, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
-	m.gw1.start(t, []string{"WGKEX_EXTERNALNAME=" + m.gw1.ip}, "worker", "--config", m.cfg, "--name", "gw1")
+	m.gw1.start(t, []string{bus, "WGKEX_EXTERNALNAME=" + m.gw1.ip}, "worker", "--config", m.cfg, "--name", "gw1")
 	waitFor(t, "gw1 online", func() bool { return strings.Count(statusPage(t), "ffmuc_welt: ") == 1 })
 
 	// The node's WireGuard interface (wg-node, from dummy-iface; its

@@ -59,8 +59,15 @@ func Start(name string, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
 	}
 	d := &Device{Name: name, dev: dev, uapi: uapi}
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.serve()
+	go func() {
+		// The device stops when its TUN goes away (ip link del): take the
+		// UAPI socket with it, so that nobody finds a ghost interface.
+		defer d.wg.Done()
+		<-dev.Wait()
+		uapi.Close()
+	}()
 	return d, nil
 }
 
