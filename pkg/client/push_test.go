@@ -1,0 +1,109 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const key = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
+
+const v2Reply = `{"Endpoint":{"Address":"gw04.ext.ffmuc.net","Port":"40011","AllowedIPs":["fe80::27c:16ff:fec0:6c74"],` +
+	`"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74"},"Message":"OK"}`
+
+func TestPushV2(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.URL.Path != "/api/v2/wg/key/exchange" || r.Method != "POST" || !strings.Contains(string(body), key) {
+			t.Errorf("request %s %s %s", r.Method, r.URL.Path, body)
+		}
+		io.WriteString(w, v2Reply)
+	}))
+	defer srv.Close()
+	res, err := Push(context.Background(), PushOptions{Broker: srv.URL + "/", Domain: "ffmuc_welt", PublicKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.API != "v2" || res.Endpoint.Address != "gw04.ext.ffmuc.net" || res.Endpoint.Port != "40011" || res.Endpoint.AllowedIPs[0] != "fe80::27c:16ff:fec0:6c74" {
+		t.Errorf("result %+v %+v", res, res.Endpoint)
+	}
+}
+
+func TestPushFallsBackToV1(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "v2") {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, `{"Message":"OK"}`)
+	}))
+	defer srv.Close()
+	res, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "ffmuc_welt", PublicKey: key})
+	if err != nil || res.API != "v1" || res.Message != "OK" || res.Endpoint != nil {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+func TestPushErrors(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(400)
+		io.WriteString(w, `{"error":{"message":"unknown domain \"x\""}}`)
+	}))
+	defer srv.Close()
+	_, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "x", PublicKey: key, Retries: 3})
+	var he *HTTPError
+	if !errors.As(err, &he) || he.Status != 400 || he.Message != `unknown domain "x"` || calls.Load() != 1 {
+		t.Fatalf("err %v, %d calls (a 4xx must not be retried)", err, calls.Load())
+	}
+	if _, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "x", PublicKey: "bad"}); err == nil {
+		t.Error("bad key sent")
+	}
+	if _, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "x", PublicKey: key, API: "v3"}); err == nil {
+		t.Error("v3 accepted")
+	}
+}
+
+func TestPushRetriesNetworkErrors(t *testing.T) {
+	// Nothing listens at first; the server comes up during the backoff.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return
+		}
+		http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, v2Reply) }))
+	}()
+	res, err := Push(context.Background(), PushOptions{Broker: "http://" + addr, Domain: "d", PublicKey: key, Retries: 3, Timeout: time.Second})
+	if err != nil || res.Endpoint == nil {
+		t.Fatalf("%v", err)
+	}
+	_, err = Push(context.Background(), PushOptions{Broker: "http://127.0.0.1:1", Domain: "d", PublicKey: key, Retries: 0})
+	if err == nil {
+		t.Fatal("no error without a broker")
+	}
+}
+
+func TestPushRejectsIncompleteV2(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"Endpoint":{"Address":"gw"},"Message":"OK"}`)
+	}))
+	defer srv.Close()
+	if _, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "d", PublicKey: key}); err == nil {
+		t.Fatal("incomplete endpoint accepted")
+	}
+}
