@@ -73,12 +73,16 @@ func runBroker(ctx context.Context, g *globals) error {
 	var b *broker.Broker
 	mo.OnMessage = func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }
 	client := mqtt.New(mo)
+	reg := newRegistry()
 	b = broker.New(broker.Options{
 		Domains:   cfg.Domains,
 		Weight:    cfg.Weight,
 		Publisher: client,
 		KeyQoS:    1,
 		Logger:    log,
+		Registry:  reg,
+		Gatherer:  reg,
+		Connected: client.Connected,
 	})
 	if err := client.Start(ctx); err != nil {
 		return err

@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
@@ -37,6 +39,13 @@ type Options struct {
 	PublishTimeout time.Duration
 	Logger         *slog.Logger
 	Now            func() time.Time
+	// Registry receives the Prometheus metrics (nil: none are exported).
+	Registry prometheus.Registerer
+	// Gatherer, when set, is served on /metrics.
+	Gatherer prometheus.Gatherer
+	// Connected reports whether the MQTT connection is up (for /readyz and
+	// the status page); nil means always.
+	Connected func() bool
 }
 
 // Broker serves the key exchange API. Create it with New.
@@ -49,6 +58,8 @@ type Broker struct {
 	log     *slog.Logger
 	state   *State
 	mux     *http.ServeMux
+	metrics *metrics
+	isUp    func() bool
 }
 
 // New makes a Broker.
@@ -71,18 +82,29 @@ func New(o Options) *Broker {
 		log:     o.Logger,
 		state:   NewState(o.Weight, o.Now),
 		mux:     http.NewServeMux(),
+		isUp:    o.Connected,
 	}
+	b.metrics = newMetrics(o.Registry, b)
 	for _, d := range o.Domains {
 		b.domains[d] = true
 	}
-	b.mux.HandleFunc("/api/v1/wg/key/exchange", b.keyExchange(false))
-	b.mux.HandleFunc("/api/v2/wg/key/exchange", b.keyExchange(true))
-	b.mux.HandleFunc("/{$}", b.index)
-	b.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	m := b.metrics
+	b.mux.HandleFunc("/api/v1/wg/key/exchange", m.instrument("v1", b.keyExchange(false)))
+	b.mux.HandleFunc("/api/v2/wg/key/exchange", m.instrument("v2", b.keyExchange(true)))
+	b.mux.HandleFunc("/api/v1/status", m.instrument("status", b.statusJSON))
+	b.mux.HandleFunc("/healthz", m.instrument("healthz", healthz))
+	b.mux.HandleFunc("/readyz", m.instrument("readyz", b.readyz))
+	if o.Gatherer != nil {
+		b.mux.Handle("/metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	}
+	b.mux.HandleFunc("/{$}", m.instrument("index", b.index))
+	b.mux.HandleFunc("/", m.instrument("other", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
-	})
+	}))
 	return b
 }
+
+func (b *Broker) connected() bool { return b.isUp == nil || b.isUp() }
 
 // State is what the broker has learned from the bus.
 func (b *Broker) State() *State { return b.state }
@@ -164,10 +186,12 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		err = b.pub.Publish(ctx, wgkex.KeyTopic(req.Domain), []byte(req.PublicKey), b.qos, false)
 		cancel()
 		if err != nil {
+			b.metrics.pubFailed.Inc()
 			b.log.Error("could not publish key", "domain", req.Domain, "key", req.PublicKey, "err", err)
 			writeError(w, http.StatusServiceUnavailable, "the key could not be handed to the gateways (MQTT server unreachable); please try again later")
 			return
 		}
+		b.metrics.published.WithLabelValues(req.Domain).Inc()
 		b.log.Info("key published", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr)
 
 		if !v2 {
@@ -185,6 +209,7 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 			writeError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
+		b.metrics.choices.WithLabelValues(choice.Worker, req.Domain).Inc()
 		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker)
 		d := choice.Data
 		writeJSON(w, http.StatusOK, v2Reply{
@@ -274,26 +299,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(buf)+1))
 	w.WriteHeader(code)
 	w.Write(append(buf, '\n'))
-}
-
-var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>wgkex broker</title></head>
-<body><h1>wgkex - WireGuard key exchange broker</h1>
-<p>Nodes register their WireGuard key with <code>POST /api/v2/wg/key/exchange</code>.</p>
-<h2>Domains</h2><ul>{{range .Domains}}<li>{{.}}</li>{{end}}</ul>
-<h2>Workers</h2><table><tr><th>worker</th><th>online</th><th>weight</th><th>connected peers</th></tr>
-{{range .Workers}}<tr><td>{{.Name}}</td><td>{{.Online}}</td><td>{{.Weight}}</td><td>{{range $d, $n := .Peers}}{{$d}}: {{$n}} {{end}}</td></tr>
-{{end}}</table></body></html>
-`))
-
-func (b *Broker) index(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := indexTmpl.Execute(w, struct {
-		Domains []string
-		Workers []WorkerSnapshot
-	}{b.names, b.state.Snapshot()}); err != nil {
-		b.log.Debug("render index", "err", err)
-	}
 }
 
 func truncate(s string, n int) string {

@@ -1,0 +1,108 @@
+package broker
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the broker's Prometheus series.
+type metrics struct {
+	requests  *prometheus.CounterVec   // endpoint, code
+	latency   *prometheus.HistogramVec // endpoint
+	published *prometheus.CounterVec   // domain
+	pubFailed prometheus.Counter
+	choices   *prometheus.CounterVec // worker, domain
+}
+
+func newMetrics(reg prometheus.Registerer, b *Broker) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_broker_requests_total", Help: "HTTP requests by endpoint and status code.",
+		}, []string{"endpoint", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "wgkex_broker_request_duration_seconds", Help: "HTTP request latency by endpoint.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"endpoint"}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_broker_keys_published_total", Help: "Keys published to the workers, by domain.",
+		}, []string{"domain"}),
+		pubFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wgkex_broker_publish_failures_total", Help: "Keys the MQTT server did not acknowledge (answered 503).",
+		}),
+		choices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_broker_gateway_choices_total", Help: "Gateways handed out by v2, by worker and domain.",
+		}, []string{"worker", "domain"}),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.requests, m.latency, m.published, m.pubFailed, m.choices,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wgkex_mqtt_connected", Help: "1 while the MQTT connection is up and subscribed.",
+		}, func() float64 { return boolFloat(b.connected()) }),
+		&stateCollector{b: b})
+	return m
+}
+
+// stateCollector exports what the workers last reported.
+type stateCollector struct{ b *Broker }
+
+var (
+	descOnline = prometheus.NewDesc("wgkex_broker_workers_online", "Workers whose last status was online.", nil, nil)
+	descPeers  = prometheus.NewDesc("wgkex_broker_worker_connected_peers",
+		"connected_peers as last reported (plus the broker's own count since), by worker and domain.", []string{"worker", "domain"}, nil)
+	descWorkerUp = prometheus.NewDesc("wgkex_broker_worker_online", "1 when the worker's last status was online.", []string{"worker"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descOnline
+	ch <- descPeers
+	ch <- descWorkerUp
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	online := 0
+	for _, w := range c.b.state.Snapshot() {
+		if w.Online {
+			online++
+		}
+		ch <- prometheus.MustNewConstMetric(descWorkerUp, prometheus.GaugeValue, boolFloat(w.Online), w.Name)
+		for d, n := range w.Peers {
+			ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), w.Name, d)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descOnline, prometheus.GaugeValue, float64(online))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// statusRecorder remembers the status code a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// instrument counts and times requests by endpoint.
+func (m *metrics) instrument(endpoint string, h http.HandlerFunc) http.HandlerFunc {
+	obs := m.latency.WithLabelValues(endpoint)
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		obs.Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(endpoint, strconv.Itoa(rec.code)).Inc()
+	}
+}
