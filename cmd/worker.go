@@ -3,6 +3,8 @@ package cmd
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -83,6 +85,7 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 	mo.OnMessage = func(m mqtt.Message) { w.HandleMessage(runCtx, m.Topic, m.Payload) }
 	mo.OnReady = func(context.Context, *mqtt.Client) { w.RequestAnnounce() }
 	client := mqtt.New(mo)
+	reg := newRegistry()
 
 	grace := cfg.Worker.NewPeerGrace
 	if grace == 0 {
@@ -100,7 +103,19 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 		PeerTimeout:     cfg.Worker.PeerTimeout,
 		NewPeerGrace:    grace,
 		Logger:          log,
+		Registry:        reg,
+		Connected:       client.Connected,
 	})
+	if cfg.Worker.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.Worker.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("worker.metrics_listen: %w", err)
+		}
+		srv := &http.Server{Handler: w.Handler(reg), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
 	log.Info("worker starting", "name", name, "external", external, "domains", cfg.Domains, "mqtt", mo.Server.Redacted())
 
 	done := make(chan error, 1)

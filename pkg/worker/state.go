@@ -209,7 +209,9 @@ func (w *Worker) Cleanup() int {
 				stale = append(stale, p.PublicKey)
 			}
 		}
-		total += w.removePeers(d, stale)
+		n := w.removePeers(d, stale)
+		w.metrics.removed.WithLabelValues(name).Add(float64(n))
+		total += n
 	}
 	if total > 0 {
 		w.log.Info("cleanup removed stale peers", "peers", total)

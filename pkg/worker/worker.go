@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex/pkg/netlink"
@@ -74,6 +75,10 @@ type Options struct {
 
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Registry receives the Prometheus metrics (nil: none are exported).
+	Registry prometheus.Registerer
+	// Connected reports whether the MQTT connection is up (readyz, metrics).
+	Connected func() bool
 }
 
 // Worker is the gateway side of wgkex. Create it with New.
@@ -90,7 +95,8 @@ type Worker struct {
 	domains map[string]*domain
 	names   []string // sorted domain names
 
-	stats Stats
+	stats   Stats
+	metrics *metrics
 }
 
 type job struct {
@@ -174,6 +180,7 @@ func New(o Options) *Worker {
 		w.names = append(w.names, name)
 	}
 	sort.Strings(w.names)
+	w.metrics = newMetrics(o.Registry, w)
 	return w
 }
 
@@ -382,12 +389,15 @@ func (w *Worker) installChunk(d *domain, js []job) map[string]error {
 			d.seen[j.key] = now
 		}
 		delete(d.pending, j.key)
-		w.stats.record(time.Since(j.received))
+		lat := time.Since(j.received)
+		w.stats.record(lat)
+		w.metrics.observeInstall(d.name, lat)
 		w.log.Debug("key installed", "domain", d.name, "key", j.key, "ll", wgkex.LinkLocal(j.key))
 	}
 	for k, err := range failed {
 		w.log.Error("could not install key", "domain", d.name, "interface", d.ifs.WireGuard, "key", k, "err", err)
 	}
+	w.metrics.failed.WithLabelValues(d.name).Add(float64(len(failed)))
 	w.stats.mu.Lock()
 	w.stats.Installed += int64(len(js) - len(failed))
 	w.stats.Failed += int64(len(failed))

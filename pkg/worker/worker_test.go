@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex/pkg/netlink"
@@ -325,5 +329,77 @@ func TestAnnounceData(t *testing.T) {
 		LinkAddress: wgkex.LinkLocal("o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=").String()}
 	if d != want {
 		t.Errorf("data = %+v, want %+v", d, want)
+	}
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	f := newFake()
+	reg := prometheus.NewRegistry()
+	up := false
+	now := time.Now()
+	w := New(Options{Name: "gw1", Domains: map[string]wgkex.Interfaces{"ffmuc_welt": {WireGuard: "wg-welt", VXLAN: "vx-welt"}},
+		WireGuard: f, Kernel: f, Registry: reg, Connected: func() bool { return up }, Now: func() time.Time { return now },
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h := w.Handler(reg)
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, _ := get("/readyz"); code != 503 {
+		t.Errorf("readyz before anything: %d", code)
+	}
+	w.CheckLinks(context.Background())
+	up = true
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("readyz: %d %s", code, body)
+	}
+	w.Install("ffmuc_welt", key(1), key(2))
+	f.failKey = key(3)
+	w.Install("ffmuc_welt", key(3))
+	f.peers[key(1)] = wgtypes.Peer{PublicKey: mustKey(key(1)), LastHandshakeTime: now.Add(-time.Minute)}
+	f.peers[key(2)] = wgtypes.Peer{PublicKey: mustKey(key(2)), LastHandshakeTime: now.Add(-4 * time.Hour)}
+	w.Cleanup()
+
+	code, body := get("/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics %d", code)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := func(name string) float64 {
+		fam := fams[name]
+		if fam == nil || len(fam.Metric) == 0 {
+			return -100
+		}
+		m := fam.Metric[0]
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+		return -100
+	}
+	for name, want := range map[string]float64{
+		"wgkex_worker_keys_installed_total":    2,
+		"wgkex_worker_keys_failed_total":       1,
+		"wgkex_worker_cleanup_removed_total":   1,
+		"wgkex_worker_install_latency_seconds": 2,
+		"wgkex_worker_peers":                   1,
+		"wgkex_worker_connected_peers":         1,
+		"wgkex_mqtt_connected":                 1,
+	} {
+		if got := val(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("healthz %d", code)
 	}
 }

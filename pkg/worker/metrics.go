@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the worker's Prometheus series.
+type metrics struct {
+	installed *prometheus.CounterVec // domain
+	failed    *prometheus.CounterVec // domain
+	removed   *prometheus.CounterVec // domain
+	latency   prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
+	m := &metrics{
+		installed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_worker_keys_installed_total", Help: "Keys installed (peer, route and FDB entry), by domain.",
+		}, []string{"domain"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_worker_keys_failed_total", Help: "Keys that could not be installed, by domain.",
+		}, []string{"domain"}),
+		removed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_worker_cleanup_removed_total", Help: "Stale peers removed by cleanup, by domain.",
+		}, []string{"domain"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "wgkex_worker_install_latency_seconds", Help: "Time from MQTT delivery until a key's entries are all installed.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.installed, m.failed, m.removed, m.latency, &peerCollector{w: w},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wgkex_mqtt_connected", Help: "1 while the MQTT connection is up and subscribed.",
+		}, func() float64 {
+			if w.connected() {
+				return 1
+			}
+			return 0
+		}))
+	return m
+}
+
+var (
+	descPeers     = prometheus.NewDesc("wgkex_worker_peers", "WireGuard peers on the domain's interface.", []string{"domain"}, nil)
+	descConnected = prometheus.NewDesc("wgkex_worker_connected_peers",
+		"Peers with a handshake within the last 3 minutes (-1: interfaces missing).", []string{"domain"}, nil)
+)
+
+// peerCollector reads the devices at scrape time.
+type peerCollector struct{ w *Worker }
+
+func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descPeers; ch <- descConnected }
+
+func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, name := range c.w.names {
+		total, connected := c.w.peerCounts(name)
+		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(total), name)
+		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(connected), name)
+	}
+}
+
+// peerCounts is (peers, connected peers) of a domain, (-1, -1) while its
+// interfaces are missing.
+func (w *Worker) peerCounts(domainName string) (int, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	d := w.domains[domainName]
+	if d == nil || d.wgIndex == 0 {
+		return -1, -1
+	}
+	dev, err := w.o.WireGuard.Device(d.ifs.WireGuard)
+	if err != nil {
+		return -1, -1
+	}
+	now, n := w.o.Now(), 0
+	for _, p := range dev.Peers {
+		if handshook(p.LastHandshakeTime) && now.Sub(p.LastHandshakeTime) <= w.o.HandshakeWindow {
+			n++
+		}
+	}
+	return len(dev.Peers), n
+}
+
+func (w *Worker) connected() bool { return w.o.Connected == nil || w.o.Connected() }
+
+// Handler serves /metrics (from gatherer, when set), /healthz and /readyz
+// (MQTT connected and at least one domain's interfaces usable).
+func (w *Worker) Handler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	if gatherer != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, r *http.Request) {
+		writeJSON(rw, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
+		var problems []string
+		if !w.connected() {
+			problems = append(problems, "MQTT not connected")
+		}
+		w.mu.Lock()
+		usable := 0
+		for _, d := range w.domains {
+			if d.wgIndex != 0 {
+				usable++
+			} else {
+				problems = append(problems, d.name+": "+d.missing)
+			}
+		}
+		w.mu.Unlock()
+		if !w.connected() || usable == 0 {
+			writeJSON(rw, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": strings.Join(problems, "; ")})
+			return
+		}
+		writeJSON(rw, http.StatusOK, map[string]any{"status": "ready", "domains_usable": usable, "problems": problems})
+	})
+	return mux
+}
+
+func writeJSON(rw http.ResponseWriter, code int, v any) {
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(code)
+	json.NewEncoder(rw).Encode(v)
+}
+
+func (m *metrics) observeInstall(domain string, d time.Duration) {
+	m.installed.WithLabelValues(domain).Inc()
+	m.latency.Observe(d.Seconds())
+}
