@@ -168,3 +168,15 @@ func TestBrokerServesAndStopsCleanly(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigCheck(t *testing.T) {
+	code, out, _ := run(t, []string{"MQTT_PASSWORD=hunter2"}, "config", "check", "--config", filepath.Join("..", "testdata", "python-example.yaml"))
+	if code != 0 || !strings.Contains(out, "# configuration OK") || strings.Contains(out, "hunter2") || strings.Contains(out, "SECRET") ||
+		!strings.Contains(out, `password: "********"`) || !strings.Contains(out, "ffwert_city: wg-city, vx-city") {
+		t.Errorf("config check: %d\n%s", code, out)
+	}
+	code, _, stderr := run(t, nil, "config", "check", "--config", filepath.Join("..", "testdata", "invalid.yaml"))
+	if code == 0 || !strings.Contains(stderr, "9 problem(s)") || !strings.Contains(stderr, "workers.gw01.weight") {
+		t.Errorf("invalid config: %d %s", code, stderr)
+	}
+}

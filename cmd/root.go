@@ -28,7 +28,7 @@ type globals struct {
 func Execute() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := newRootCommand()
+	root := NewRootCommand()
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "wgkex:", err)
 		return 1
@@ -36,7 +36,9 @@ func Execute() int {
 	return 0
 }
 
-func newRootCommand() *cobra.Command {
+// NewRootCommand builds the whole command tree (also used to generate the
+// man pages).
+func NewRootCommand() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:           "wgkex",
@@ -58,6 +60,7 @@ func newRootCommand() *cobra.Command {
 		newWorkerCommand(g),
 		newDummyIfaceCommand(g),
 		newClientCommand(g),
+		newConfigCommand(g),
 		newVersionCommand(),
 	)
 	return root
