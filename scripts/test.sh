@@ -14,6 +14,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v bridge >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}"
@@ -23,7 +25,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root to install them); dependent tests will skip" >&2
   fi
 fi
-# Mosquitto's package starts a system instance on :1883; tests use their own.
+# goreleaser (for the goreleaser.yaml check), from the Go module proxy; the
+# newest releases need a newer Go than this machine's.
+export PATH=$PATH:$(go env GOPATH)/bin
+if ! command -v goreleaser >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing goreleaser (go install, about 2 minutes)"
+  GOFLAGS= go install github.com/goreleaser/goreleaser/v2@v2.14.0
+fi
+# Tests start their own Mosquitto on free ports (the package's system
+# instance, if any, is not used).
 if [ "$(id -u)" = 0 ]; then
   export WGKEX_TEST_REQUIRE_ALL=1
 fi

@@ -1,5 +1,5 @@
 // Command genman writes the man pages of wgkex (cobra/doc) into a folder:
-// go run ./scripts/genman [DIR] (default dist/man).
+// go run ./scripts/genman [DIR] (default build/man).
 package main
 
 import (
@@ -12,7 +12,7 @@ import (
 )
 
 func main() {
-	dir := "dist/man"
+	dir := "build/man"
 	if len(os.Args) > 1 {
 		dir = os.Args[1]
 	}
