@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -111,6 +112,27 @@ type minLevel struct {
 
 func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+// Handle drops two warnings mochi gives in normal operation: one for every
+// client with the default 5 s keepalive (it compares with <= against its
+// own recommended minimum of 5), and one for each connection it closes
+// itself on shutdown.
+func (h minLevel) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "client keepalive is below minimum") {
+		return nil
+	}
+	noise := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" && strings.Contains(a.Value.String(), "use of closed network connection") {
+			noise = true
+		}
+		return !noise
+	})
+	if noise {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
 }
 
 func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
