@@ -170,16 +170,11 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 				keyFile = "/var/lib/wgkex/" + wgIface + ".key"
 			}
 			o := client.ConnectOptions{Push: po, WireGuard: wgIface, VXLAN: vxIface, KeyFile: keyFile, Userspace: userspace, Logger: log}
-			k, err := netlink.Dial()
+			k, wg, closeKernel, err := openKernel()
 			if err != nil {
 				return err
 			}
-			defer k.Close()
-			wg, err := wgctrl.New()
-			if err != nil {
-				return err
-			}
-			defer wg.Close()
+			defer closeKernel()
 			link, err := client.Connect(c.Context(), k, wg, o)
 			if err != nil {
 				return err

@@ -7,10 +7,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
-	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/freifunkMUC/wgkex/pkg/dummyiface"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
 )
 
 func newDummyIfaceCommand(g *globals) *cobra.Command {
@@ -52,11 +50,11 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 	if port < 1 || port+len(cfg.Domains)-1 > 65535 {
 		return fmt.Errorf("--listen-port %d: ports out of range for %d domains", port, len(cfg.Domains))
 	}
-	k, err := netlink.Dial()
+	k, wg, closeKernel, err := openKernel()
 	if err != nil {
 		return err
 	}
-	defer k.Close()
+	defer closeKernel()
 	ifaces := cfg.Interfaces()
 
 	if del {
@@ -71,11 +69,6 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 		return errors.Join(errs...)
 	}
 
-	wg, err := wgctrl.New()
-	if err != nil {
-		return fmt.Errorf("open wireguard control: %w", err)
-	}
-	defer wg.Close()
 	var made []*dummyiface.Gateway
 	cleanup := func() {
 		for _, gw := range made {

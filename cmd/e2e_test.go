@@ -169,7 +169,7 @@ func (m *mesh) startMosquitto(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 }
 
-// status is the broker's view of the workers (GET /).
+// statusPage is the broker's HTML status page (GET /).
 func statusPage(t *testing.T) string {
 	resp, err := http.Get("http://10.99.0.1:5000/")
 	if err != nil {
@@ -178,6 +178,35 @@ func statusPage(t *testing.T) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// gatewaysReady reports whether the broker has n workers online that
+// reported connected_peers and data for ffmuc_welt (GET /api/v1/status).
+func gatewaysReady(n int) bool {
+	resp, err := http.Get("http://10.99.0.1:5000/api/v1/status")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Workers []struct {
+			Online  bool `json:"online"`
+			Domains map[string]struct {
+				ConnectedPeers *int `json:"connected_peers"`
+				Port           int  `json:"port"`
+			} `json:"domains"`
+		} `json:"workers"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return false
+	}
+	ready := 0
+	for _, w := range st.Workers {
+		if d, ok := w.Domains["ffmuc_welt"]; ok && w.Online && d.ConnectedPeers != nil && d.Port != 0 {
+			ready++
+		}
+	}
+	return ready == n
 }
 
 var connectedRE = regexp.MustCompile(`connected: \S+ -> (\S+):(\d+) \(gateway (\S+), link address (\S+)\); own link address (\S+)`)
@@ -276,10 +305,7 @@ func TestEndToEnd(t *testing.T) {
 				waitFor(t, gw.name+" interfaces", func() bool { _, ok := gw.try("ip", "link", "show", "vx-welt"); return ok })
 				workers[gw] = gw.start(t, append(env, "WGKEX_EXTERNALNAME="+gw.ip), "worker", "--config", m.cfg, "--name", gw.name)
 			}
-			waitFor(t, "both workers online with metrics at the broker", func() bool {
-				p := statusPage(t)
-				return strings.Count(p, "<td>true</td>") == 2 && strings.Count(p, "ffmuc_welt: ") == 2
-			})
+			waitFor(t, "both workers online with data and metrics at the broker", func() bool { return gatewaysReady(2) })
 
 			_, l1 := m.connect(t, m.node1, nil)
 			gwA := m.gateway(l1.gatewayIP)
@@ -331,7 +357,7 @@ func TestGluonRequest(t *testing.T) {
 	m.gw1.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
 	waitFor(t, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
 	m.gw1.start(t, []string{bus, "WGKEX_EXTERNALNAME=" + m.gw1.ip}, "worker", "--config", m.cfg, "--name", "gw1")
-	waitFor(t, "gw1 online", func() bool { return strings.Count(statusPage(t), "ffmuc_welt: ") == 1 })
+	waitFor(t, "gw1 online", func() bool { return gatewaysReady(1) })
 
 	// The node's WireGuard interface (wg-node, from dummy-iface; its
 	// vx-node is not used).

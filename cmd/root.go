@@ -13,8 +13,10 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/freifunkMUC/wgkex/pkg/config"
+	"github.com/freifunkMUC/wgkex/pkg/netlink"
 )
 
 // globals are the persistent flags every subcommand shares.
@@ -119,4 +121,17 @@ func (g *globals) logger(w io.Writer, cfgLevel string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, errors.New("--log-format: want text or json, got " + g.logFormat)
+}
+
+// openKernel opens the rtnetlink socket and the WireGuard control client;
+// closeKernel closes both.
+func openKernel() (k *netlink.Kernel, wg *wgctrl.Client, closeKernel func(), err error) {
+	if k, err = netlink.Dial(); err != nil {
+		return nil, nil, nil, err
+	}
+	if wg, err = wgctrl.New(); err != nil {
+		k.Close()
+		return nil, nil, nil, fmt.Errorf("open wireguard control: %w", err)
+	}
+	return k, wg, func() { wg.Close(); k.Close() }, nil
 }

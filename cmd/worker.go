@@ -9,10 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 	"github.com/freifunkMUC/wgkex/pkg/worker"
 )
@@ -57,16 +55,11 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 		external = name
 	}
 
-	k, err := netlink.Dial()
+	k, wg, closeKernel, err := openKernel()
 	if err != nil {
 		return err
 	}
-	defer k.Close()
-	wg, err := wgctrl.New()
-	if err != nil {
-		return fmt.Errorf("open wireguard control: %w", err)
-	}
-	defer wg.Close()
+	defer closeKernel()
 
 	mo, err := mqtt.OptionsFromConfig(cfg)
 	if err != nil {

@@ -13,13 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex/internal/netns"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -122,16 +120,7 @@ func newExternalHost(b *testing.B) *host {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	k, err := netlink.Dial()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { k.Close() })
-	wg, err := wgctrl.New()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { wg.Close() })
+	k, wg := kernelHandles(b)
 	benchWait(b, "interfaces from dummy-iface", 10*time.Second, func() bool {
 		_, err1 := wg.Device(ifs.WireGuard)
 		_, err2 := k.LinkIndex(ifs.VXLAN)

@@ -74,20 +74,10 @@ func (w *Worker) peerCounts(domainName string) (int, int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	d := w.domains[domainName]
-	if d == nil || d.wgIndex == 0 {
+	if d == nil {
 		return -1, -1
 	}
-	dev, err := w.o.WireGuard.Device(d.ifs.WireGuard)
-	if err != nil {
-		return -1, -1
-	}
-	now, n := w.o.Now(), 0
-	for _, p := range dev.Peers {
-		if handshook(p.LastHandshakeTime) && now.Sub(p.LastHandshakeTime) <= w.o.HandshakeWindow {
-			n++
-		}
-	}
-	return len(dev.Peers), n
+	return w.countPeers(d)
 }
 
 func (w *Worker) connected() bool { return w.o.Connected == nil || w.o.Connected() }

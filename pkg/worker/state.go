@@ -269,22 +269,28 @@ func (w *Worker) ConnectedPeers(domainName string) int {
 }
 
 func (w *Worker) connectedPeers(d *domain) int {
+	_, connected := w.countPeers(d)
+	return connected
+}
+
+// countPeers returns the peers on the domain's device and those with a
+// handshake within HandshakeWindow; -1, -1 when the device is unusable.
+func (w *Worker) countPeers(d *domain) (total, connected int) {
 	if d.wgIndex == 0 {
-		return -1
+		return -1, -1
 	}
 	dev, err := w.o.WireGuard.Device(d.ifs.WireGuard)
 	if err != nil {
 		w.log.Error("cannot read device", "domain", d.name, "interface", d.ifs.WireGuard, "err", err)
-		return -1
+		return -1, -1
 	}
 	now := w.o.Now()
-	n := 0
 	for _, p := range dev.Peers {
 		if handshook(p.LastHandshakeTime) && now.Sub(p.LastHandshakeTime) <= w.o.HandshakeWindow {
-			n++
+			connected++
 		}
 	}
-	return n
+	return len(dev.Peers), connected
 }
 
 // Data returns the data message of domain: the WireGuard port and public

@@ -49,7 +49,8 @@ type host struct {
 	bus *testbus.Server
 }
 
-func newHost(t testing.TB) *host {
+// kernelHandles opens rtnetlink and wgctrl for the test's namespace.
+func kernelHandles(t testing.TB) (*netlink.Kernel, *wgctrl.Client) {
 	t.Helper()
 	k, err := netlink.Dial()
 	if err != nil {
@@ -61,6 +62,12 @@ func newHost(t testing.TB) *host {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wg.Close() })
+	return k, wg
+}
+
+func newHost(t testing.TB) *host {
+	t.Helper()
+	k, wg := kernelHandles(t)
 	gw, err := dummyiface.Create(k, wg, dummyiface.Options{Interfaces: ifs, ListenPort: 51820, Logger: testbus.Quiet()})
 	if err != nil {
 		t.Fatal(err)
@@ -472,16 +479,7 @@ func TestMissingInterface(t *testing.T) {
 	if !netns.Run(t) {
 		return
 	}
-	k, err := netlink.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wg.Close()
+	k, wg := kernelHandles(t)
 	bus := testbus.Mosquitto(t)
 	h := &host{k: k, wg: wg, bus: bus}
 	rw := h.startWorker(t, "gw1", &clock{})
