@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -184,11 +185,25 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 			if !watch && link.Userspace == nil {
 				return nil
 			}
+			ctx, cancel := context.WithCancel(c.Context())
+			defer cancel()
+			if link.Userspace != nil {
+				// Our userspace device is gone (client disconnect, ip link
+				// del): there is nothing left to keep up.
+				go func() {
+					select {
+					case <-link.Userspace.Done():
+						log.Warn("WireGuard interface removed from outside; exiting", "interface", wgIface)
+						cancel()
+					case <-ctx.Done():
+					}
+				}()
+			}
 			if watch {
-				link.Watch(c.Context(), k, wg, o, interval)
+				link.Watch(ctx, k, wg, o, interval)
 			} else {
 				log.Info("userspace WireGuard running; Ctrl-C (SIGINT/SIGTERM) removes the interfaces")
-				<-c.Context().Done()
+				<-ctx.Done()
 			}
 			if link.Userspace != nil {
 				client.Disconnect(k, wgIface, vxIface)

@@ -314,11 +314,24 @@ func TestEndToEnd(t *testing.T) {
 			pingable(t, m.node1, "fe80::1%vx-mesh")
 			pingable(t, gwA, vxlanLL(t, m.node1, "vx-mesh")+"%vx-welt")
 
-			_, l2 := m.connect(t, m.node2, nil)
+			c2, l2 := m.connect(t, m.node2, nil)
 			if l2.gatewayIP == l1.gatewayIP {
 				t.Errorf("node2 sent to the same gateway as node1 (%s) with equal weights and loads", l2.gatewayIP)
 			}
 			pingable(t, m.node2, "fe80::1%vx-mesh")
+
+			// client disconnect removes node2's interfaces; its connect
+			// process notices and exits.
+			m.node2.run(t, bin, "client", "disconnect")
+			if out, ok := m.node2.try("ip", "link", "show"); !ok || strings.Contains(out, "wg-mesh") || strings.Contains(out, "vx-mesh") {
+				t.Errorf("after disconnect:\n%s", out)
+			}
+			select {
+			case <-c2.done:
+				c2.done <- nil
+			case <-time.After(10 * time.Second):
+				t.Error("client connect still running after disconnect")
+			}
 
 			// The worker of node1's gateway restarts: the node's link survives.
 			workers[gwA].signal(t, syscall.SIGTERM)
@@ -399,6 +412,23 @@ func TestGluonRequest(t *testing.T) {
 		t.Fatalf("Endpoint %+v", e)
 	}
 	waitFor(t, "key on gw1", func() bool { return installed(m.gw1, key) })
+
+	// wgkex client push, human-readable and --json, shows the same gateway.
+	out := m.node1.run(t, bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt", "--public-key", key)
+	for _, want := range []string{"key registered (v2)", "gateway:      " + e.Address, "port:         51820", "public key:   " + e.PublicKey, "link address: " + e.AllowedIPs[0]} {
+		if !strings.Contains(out, want) {
+			t.Errorf("client push output lacks %q:\n%s", want, out)
+		}
+	}
+	out = m.node1.run(t, bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt", "--public-key", key, "--json")
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(out), &raw); err != nil || raw["Message"] != "OK" {
+		t.Errorf("client push --json: %v %s", err, out)
+	}
+	if out, ok := m.node1.try(bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_mars", "--public-key", key); ok ||
+		!strings.Contains(out, `broker answered 400: unknown domain "ffmuc_mars"`) {
+		t.Errorf("client push to an unknown domain: ok=%v %s", ok, out)
+	}
 
 	// What the node's script does with the fields. (Without dummy-iface's
 	// vx-node first: two VXLAN links with one VNI and port cannot coexist.)

@@ -92,6 +92,12 @@ func TestWorkerBinary(t *testing.T) {
 		return e1 == nil && e2 == nil && strings.Contains(dummy.stderr.String(), "vx-welt vxlan id 99")
 	})
 
+	// A second dummy-iface is harmless: it reports what is there.
+	code, out, _ := run(t, nil, "dummy-iface", "--config", cfg, "--listen-port", "51999")
+	if code != 0 || !strings.Contains(out, "already there, left as it is") {
+		t.Errorf("second dummy-iface: %d %s", code, out)
+	}
+
 	sub := testbus.Subscribe(t, bus.URL, "wireguard-worker/#", "wireguard-metrics/#")
 	w := start(t, env, "worker", "--config", cfg, "--name", "gw-test")
 	m := sub.Wait(t, 10*time.Second, func(m mqtt.Message) bool { return m.Topic == wgkex.DataTopic("gw-test", "ffmuc_welt") })
