@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,7 +64,11 @@ func FreePort(t testing.TB) int {
 }
 
 // Mosquitto starts a mosquitto process on a free port.
-func Mosquitto(t testing.TB) *Server {
+func Mosquitto(t testing.TB) *Server { return MosquittoWith(t, "") }
+
+// MosquittoWith starts mosquitto with extra lines for its listener (TLS
+// settings, say); the URL's scheme is tls when they name a certfile.
+func MosquittoWith(t testing.TB, listenerConf string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
@@ -81,6 +86,7 @@ func Mosquitto(t testing.TB) *Server {
 	conf := filepath.Join(dir, "mosquitto.conf")
 	// Generous queues: tests publish bursts to persistent sessions.
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listener %d 127.0.0.1
+%s
 allow_anonymous true
 persistence false
 max_queued_messages 200000
@@ -88,13 +94,17 @@ max_inflight_messages 0
 log_dest stderr
 log_type error
 log_type warning
-`, port)), 0o644); err != nil {
+`, port, listenerConf)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	var cmd *exec.Cmd
-	s := &Server{Name: "mosquitto", URL: &url.URL{Scheme: "mqtt", Host: addr}}
+	scheme := "mqtt"
+	if strings.Contains(listenerConf, "certfile") {
+		scheme = "tls"
+	}
+	s := &Server{Name: "mosquitto", URL: &url.URL{Scheme: scheme, Host: addr}}
 	s.Start = func() {
 		cmd = exec.Command(bin, "-c", conf)
 		cmd.Stderr = testWriter{t}
