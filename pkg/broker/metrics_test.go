@@ -11,8 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+
+	"github.com/freifunkMUC/wgkex/internal/promtest"
 )
 
 func scrape(t *testing.T, b *Broker) map[string]*dto.MetricFamily {
@@ -22,36 +22,7 @@ func scrape(t *testing.T, b *Broker) map[string]*dto.MetricFamily {
 	if rec.Code != 200 {
 		t.Fatalf("/metrics: %d", rec.Code)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
-	if err != nil {
-		t.Fatalf("parse /metrics: %v\n%s", err, rec.Body.String())
-	}
-	return fams
-}
-
-func value(fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
-	f := fams[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.Metric {
-		for _, l := range m.Label {
-			if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
-		}
-	}
-	return -1
+	return promtest.Parse(t, rec.Body.String())
 }
 
 func TestMetricsScrape(t *testing.T) {
@@ -85,12 +56,12 @@ func TestMetricsScrape(t *testing.T) {
 		{"wgkex_broker_workers_online", nil, 1},
 		{"wgkex_mqtt_connected", nil, 1},
 	} {
-		if got := value(fams, c.name, c.labels); got != c.want {
+		if got := promtest.Value(fams, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 	up = false
-	if got := value(scrape(t, b), "wgkex_mqtt_connected", nil); got != 0 {
+	if got := promtest.Value(scrape(t, b), "wgkex_mqtt_connected", nil); got != 0 {
 		t.Errorf("mqtt_connected after disconnect = %v", got)
 	}
 }

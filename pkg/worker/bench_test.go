@@ -59,7 +59,7 @@ func BenchmarkBurst10k(b *testing.B) {
 	}
 	wg.Wait()
 	published := time.Since(start)
-	benchWait(b, "all keys installed", 120*time.Second, func() bool {
+	eventually(b, "all keys installed", 120*time.Second, func() bool {
 		n, _, _, _ := rw.w.Stats()
 		return n >= burst
 	})
@@ -80,7 +80,7 @@ func BenchmarkBurst10k(b *testing.B) {
 		if err := pub.Publish(ctx, wgkex.KeyTopic(domain), []byte(benchKey(burst+i)), 1, false); err != nil {
 			b.Fatal(err)
 		}
-		benchWait(b, "single key", 5*time.Second, func() bool { n, _, _, _ := rw.w.Stats(); return n > before })
+		eventually(b, "single key", 5*time.Second, func() bool { n, _, _, _ := rw.w.Stats(); return n > before })
 	}
 	lat := rw.w.Latencies()
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "single_p50_ms")
@@ -121,7 +121,7 @@ func newExternalHost(b *testing.B) *host {
 	}
 	b.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
 	k, wg := kernelHandles(b)
-	benchWait(b, "interfaces from dummy-iface", 10*time.Second, func() bool {
+	eventually(b, "interfaces from dummy-iface", 10*time.Second, func() bool {
 		_, err1 := wg.Device(ifs.WireGuard)
 		_, err2 := k.LinkIndex(ifs.VXLAN)
 		return err1 == nil && err2 == nil
@@ -151,15 +151,4 @@ func peakRSSKiB() int {
 		}
 	}
 	return 0
-}
-
-func benchWait(b *testing.B, what string, timeout time.Duration, cond func() bool) {
-	b.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

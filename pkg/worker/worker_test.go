@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/freifunkMUC/wgkex/internal/promtest"
 	"github.com/freifunkMUC/wgkex/pkg/netlink"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
@@ -365,27 +364,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("/metrics %d", code)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	val := func(name string) float64 {
-		fam := fams[name]
-		if fam == nil || len(fam.Metric) == 0 {
-			return -100
-		}
-		m := fam.Metric[0]
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
-		}
-		return -100
-	}
+	fams := promtest.Parse(t, body)
 	for name, want := range map[string]float64{
 		"wgkex_worker_keys_installed_total":    2,
 		"wgkex_worker_keys_failed_total":       1,
@@ -395,7 +374,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		"wgkex_worker_connected_peers":         1,
 		"wgkex_mqtt_connected":                 1,
 	} {
-		if got := val(name); got != want {
+		if got := promtest.Value(fams, name, nil); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
