@@ -180,6 +180,33 @@ func statusPage(t *testing.T) string {
 	return string(b)
 }
 
+// brokerPeers is connected_peers of worker for ffmuc_welt as the broker
+// has it, -1 when unknown.
+func brokerPeers(worker string) int {
+	resp, err := http.Get("http://10.99.0.1:5000/api/v1/status")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Workers []struct {
+			Name    string `json:"name"`
+			Domains map[string]struct {
+				ConnectedPeers *int `json:"connected_peers"`
+			} `json:"domains"`
+		} `json:"workers"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return -1
+	}
+	for _, w := range st.Workers {
+		if d, ok := w.Domains["ffmuc_welt"]; ok && w.Name == worker && d.ConnectedPeers != nil {
+			return *d.ConnectedPeers
+		}
+	}
+	return -1
+}
+
 // gatewaysReady reports whether the broker has n workers online that
 // reported connected_peers and data for ffmuc_welt (GET /api/v1/status).
 func gatewaysReady(n int) bool {
@@ -240,6 +267,13 @@ func (m *mesh) gateway(ip string) *nsHost {
 		return m.gw1
 	}
 	return m.gw2
+}
+
+func (m *mesh) other(gw *nsHost) *nsHost {
+	if gw == m.gw1 {
+		return m.gw2
+	}
+	return m.gw1
 }
 
 // installed checks a node's key on a gateway: peer, route and FDB entry.
@@ -314,6 +348,14 @@ func TestEndToEnd(t *testing.T) {
 			pingable(t, m.node1, "fe80::1%vx-mesh")
 			pingable(t, gwA, vxlanLL(t, m.node1, "vx-mesh")+"%vx-welt")
 
+			// Node1's handshake reaches the broker through gwA's metrics
+			// (every 2 s here); until then a metrics message from before the
+			// handshake can reset the broker's own count to 0. The pings
+			// above prove the handshake; wait out one metrics interval.
+			time.Sleep(2500 * time.Millisecond)
+			waitFor(t, "node1 counted by the broker", func() bool {
+				return brokerPeers(gwA.name) == 1 && brokerPeers(m.other(gwA).name) == 0
+			})
 			c2, l2 := m.connect(t, m.node2, nil)
 			if l2.gatewayIP == l1.gatewayIP {
 				t.Errorf("node2 sent to the same gateway as node1 (%s) with equal weights and loads", l2.gatewayIP)
