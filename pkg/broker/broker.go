@@ -246,11 +246,12 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 				return
 			}
 		}
-		b.state.SetOnline(t.Worker, online)
-		b.log.Info("worker status", "worker", t.Worker, "online", online)
+		if b.keep(topic, b.state.SetOnline(t.Worker, online)) {
+			b.log.Info("worker status", "worker", t.Worker, "online", online)
+		}
 	case wgkex.TopicData:
 		if len(payload) == 0 {
-			b.state.SetData(t.Worker, t.Domain, nil)
+			b.keep(topic, b.state.SetData(t.Worker, t.Domain, nil))
 			return
 		}
 		d, err := wgkex.ParseWorkerData(payload)
@@ -258,8 +259,9 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 			b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
 			return
 		}
-		b.state.SetData(t.Worker, t.Domain, &d)
-		b.log.Info("worker data", "worker", t.Worker, "domain", t.Domain, "address", d.ExternalAddress, "port", d.Port)
+		if b.keep(topic, b.state.SetData(t.Worker, t.Domain, &d)) {
+			b.log.Info("worker data", "worker", t.Worker, "domain", t.Domain, "address", d.ExternalAddress, "port", d.Port)
+		}
 	case wgkex.TopicMetric:
 		if t.Metric != wgkex.MetricConnectedPeers {
 			return
@@ -271,11 +273,21 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 				return
 			}
 		}
-		b.state.SetConnectedPeers(t.Worker, t.Domain, n)
-		b.log.Debug("worker metric", "worker", t.Worker, "domain", t.Domain, "connected_peers", n)
+		if b.keep(topic, b.state.SetConnectedPeers(t.Worker, t.Domain, n)) {
+			b.log.Debug("worker metric", "worker", t.Worker, "domain", t.Domain, "connected_peers", n)
+		}
 	default:
 		b.log.Debug("ignoring MQTT message", "topic", topic)
 	}
+}
+
+// keep logs a state update the State refused; it reports whether it took.
+func (b *Broker) keep(topic string, err error) bool {
+	if err != nil {
+		b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+		return false
+	}
+	return true
 }
 
 type errorBody struct {

@@ -15,6 +15,13 @@ var (
 	ErrNoGatewayData = errors.New("could not get gateway data")
 )
 
+// MaxWorkers bounds how many worker names the broker keeps state for, so
+// that a client on the bus cannot grow it without limit with made-up names.
+const MaxWorkers = 4096
+
+// ErrTooManyWorkers is returned for a new worker beyond MaxWorkers.
+var ErrTooManyWorkers = errors.New("too many workers known; ignoring a new one")
+
 // State is what the broker knows of the workers from the bus. It is safe for
 // concurrent use.
 type State struct {
@@ -39,46 +46,62 @@ func NewState(weight func(worker string) int, now func() time.Time) *State {
 	return &State{workers: map[string]*workerState{}, weight: weight, now: now}
 }
 
-func (s *State) worker(name string) *workerState {
+func (s *State) worker(name string) (*workerState, error) {
 	w := s.workers[name]
 	if w == nil {
+		if len(s.workers) >= MaxWorkers {
+			return nil, ErrTooManyWorkers
+		}
 		w = &workerState{peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
 		s.workers[name] = w
 	}
 	w.lastSeen = s.now()
-	return w
+	return w, nil
 }
 
 // SetOnline records a worker's status message.
-func (s *State) SetOnline(worker string, online bool) {
+func (s *State) SetOnline(worker string, online bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.worker(worker).online = online
+	w, err := s.worker(worker)
+	if err != nil {
+		return err
+	}
+	w.online = online
+	return nil
 }
 
 // SetConnectedPeers records a connected_peers metric; -1 (or less) takes the
 // worker out for that domain.
-func (s *State) SetConnectedPeers(worker, domain string, n int) {
+func (s *State) SetConnectedPeers(worker, domain string, n int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := s.worker(worker)
+	w, err := s.worker(worker)
+	if err != nil {
+		return err
+	}
 	if n < 0 {
 		delete(w.peers, domain)
-		return
+		return nil
 	}
 	w.peers[domain] = n
+	return nil
 }
 
 // SetData records (or, with nil, forgets) a worker's data for domain.
-func (s *State) SetData(worker, domain string, d *wgkex.WorkerData) {
+func (s *State) SetData(worker, domain string, d *wgkex.WorkerData) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := s.worker(worker)
+	w, err := s.worker(worker)
+	if err != nil {
+		return err
+	}
 	if d == nil {
 		delete(w.data, domain)
-		return
+		return nil
 	}
 	w.data[domain] = *d
+	return nil
 }
 
 // Choice is the outcome of a gateway selection.

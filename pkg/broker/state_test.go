@@ -162,3 +162,21 @@ func TestChooseConcurrent(t *testing.T) {
 		t.Fatalf("counted %d choices, want 800", total)
 	}
 }
+
+func TestStateBounded(t *testing.T) {
+	s := NewState(weights(nil), nil)
+	for i := 0; i < MaxWorkers; i++ {
+		if err := s.SetOnline(fmt.Sprintf("w%d", i), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetOnline("one-too-many", true); !errors.Is(err, ErrTooManyWorkers) {
+		t.Fatalf("err = %v", err)
+	}
+	if err := s.SetConnectedPeers("w1", "d", 3); err != nil {
+		t.Fatalf("known worker refused: %v", err)
+	}
+	if len(s.Snapshot()) != MaxWorkers {
+		t.Fatalf("%d workers", len(s.Snapshot()))
+	}
+}
