@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/freifunkMUC/wgkex/pkg/config"
 	"github.com/freifunkMUC/wgkex/pkg/dummyiface"
 )
 
@@ -39,7 +40,7 @@ func newDummyIfaceCommand(g *globals) *cobra.Command {
 }
 
 func runDummyIface(ctx context.Context, g *globals, domains []string, port int, del, userspace bool) error {
-	cfg, log, err := g.loadConfigWith(os.Stderr, func(c *configT) {
+	cfg, log, err := g.loadConfigWith(os.Stderr, func(c *config.Config) {
 		if len(domains) > 0 {
 			c.Domains = domains
 		}

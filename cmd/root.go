@@ -74,8 +74,6 @@ func (g *globals) loadConfig(stderr io.Writer) (*config.Config, *slog.Logger, er
 	return g.loadConfigWith(stderr, nil)
 }
 
-type configT = config.Config
-
 // loadConfigWith is loadConfig with flags applied (by override) before
 // validation.
 func (g *globals) loadConfigWith(stderr io.Writer, override func(*config.Config)) (*config.Config, *slog.Logger, error) {

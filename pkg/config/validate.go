@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
@@ -174,9 +175,8 @@ func (c *Config) HasDomain(domain string) bool {
 }
 
 func validPort(s string) bool {
-	var n int
-	_, err := fmt.Sscanf(s, "%d", &n)
-	return err == nil && n >= 0 && n <= 65535 && fmt.Sprint(n) == s
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 func isLoopback(host string) bool {

@@ -2,10 +2,12 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -383,12 +385,12 @@ func (w *Worker) Announce(ctx context.Context) {
 		if a.data == nil {
 			continue
 		}
-		payload, _ := jsonMarshal(a.data)
+		payload, _ := json.Marshal(a.data)
 		w.publish(ctx, wgkex.DataTopic(w.o.Name, a.domain), payload)
 	}
 	w.publish(ctx, wgkex.StatusTopic(w.o.Name), []byte(wgkex.StatusOnline))
 	for _, a := range list {
-		w.publish(ctx, wgkex.ConnectedPeersTopic(a.domain, w.o.Name), []byte(itoa(a.peers)))
+		w.publish(ctx, wgkex.ConnectedPeersTopic(a.domain, w.o.Name), []byte(strconv.Itoa(a.peers)))
 	}
 	w.log.Info("announced", "worker", w.o.Name, "domains", len(list))
 }
@@ -402,7 +404,7 @@ func (w *Worker) PublishMetrics(ctx context.Context) {
 	}
 	w.mu.Unlock()
 	for _, name := range w.names {
-		w.publish(ctx, wgkex.ConnectedPeersTopic(name, w.o.Name), []byte(itoa(counts[name])))
+		w.publish(ctx, wgkex.ConnectedPeersTopic(name, w.o.Name), []byte(strconv.Itoa(counts[name])))
 	}
 }
 

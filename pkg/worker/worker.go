@@ -7,14 +7,12 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -445,7 +443,3 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "..."
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
-
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
