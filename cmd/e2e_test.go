@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex/internal/testbus"
+	"github.com/freifunkMUC/wgkex/pkg/broker"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -180,25 +181,21 @@ func statusPage(t *testing.T) string {
 	return string(b)
 }
 
+// brokerStatus is the broker's GET /api/v1/status.
+func brokerStatus() (broker.Status, bool) {
+	var st broker.Status
+	resp, err := http.Get("http://10.99.0.1:5000/api/v1/status")
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st) == nil
+}
+
 // brokerPeers is connected_peers of worker for ffmuc_welt as the broker
 // has it, -1 when unknown.
 func brokerPeers(worker string) int {
-	resp, err := http.Get("http://10.99.0.1:5000/api/v1/status")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Workers []struct {
-			Name    string `json:"name"`
-			Domains map[string]struct {
-				ConnectedPeers *int `json:"connected_peers"`
-			} `json:"domains"`
-		} `json:"workers"`
-	}
-	if json.NewDecoder(resp.Body).Decode(&st) != nil {
-		return -1
-	}
+	st, _ := brokerStatus()
 	for _, w := range st.Workers {
 		if d, ok := w.Domains["ffmuc_welt"]; ok && w.Name == worker && d.ConnectedPeers != nil {
 			return *d.ConnectedPeers
@@ -208,25 +205,9 @@ func brokerPeers(worker string) int {
 }
 
 // gatewaysReady reports whether the broker has n workers online that
-// reported connected_peers and data for ffmuc_welt (GET /api/v1/status).
+// reported connected_peers and data for ffmuc_welt.
 func gatewaysReady(n int) bool {
-	resp, err := http.Get("http://10.99.0.1:5000/api/v1/status")
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Workers []struct {
-			Online  bool `json:"online"`
-			Domains map[string]struct {
-				ConnectedPeers *int `json:"connected_peers"`
-				Port           int  `json:"port"`
-			} `json:"domains"`
-		} `json:"workers"`
-	}
-	if json.NewDecoder(resp.Body).Decode(&st) != nil {
-		return false
-	}
+	st, _ := brokerStatus()
 	ready := 0
 	for _, w := range st.Workers {
 		if d, ok := w.Domains["ffmuc_welt"]; ok && w.Online && d.ConnectedPeers != nil && d.Port != 0 {
