@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/freifunkMUC/wgkex/pkg/broker"
-	"github.com/freifunkMUC/wgkex/pkg/embedded"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
+	"github.com/freifunkMUC/wgkex/pkg/mqttserver"
 )
 
 func newBrokerCommand(g *globals) *cobra.Command {
@@ -50,7 +50,7 @@ func runBroker(ctx context.Context, g *globals) error {
 	defer ln.Close()
 
 	if cfg.Embedded() {
-		srv, err := embedded.Start(embedded.Options{
+		srv, err := mqttserver.Start(mqttserver.Options{
 			Listen: cfg.MQTT.Listen, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, Logger: log,
 		})
 		if err != nil {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex/pkg/client"
 	"github.com/freifunkMUC/wgkex/pkg/config"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 )
 
 // clientFlags are shared by the client subcommands.
@@ -229,7 +229,7 @@ func newClientDisconnectCommand(g *globals) *cobra.Command {
 		Short: "Remove the interfaces connect made",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			k, err := netlink.Dial()
+			k, err := kernel.Dial()
 			if err != nil {
 				return err
 			}

@@ -16,7 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/freifunkMUC/wgkex/pkg/config"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 )
 
 // globals are the persistent flags every subcommand shares.
@@ -123,8 +123,8 @@ func (g *globals) logger(w io.Writer, cfgLevel string) (*slog.Logger, error) {
 
 // openKernel opens the rtnetlink socket and the WireGuard control client;
 // closeKernel closes both.
-func openKernel() (k *netlink.Kernel, wg *wgctrl.Client, closeKernel func(), err error) {
-	if k, err = netlink.Dial(); err != nil {
+func openKernel() (k *kernel.Conn, wg *wgctrl.Client, closeKernel func(), err error) {
+	if k, err = kernel.Dial(); err != nil {
 		return nil, nil, nil, err
 	}
 	if wg, err = wgctrl.New(); err != nil {

@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/freifunkMUC/wgkex/internal/testbus"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 )
 
 const childEnv = "WGKEX_NETNS_TEST"
@@ -90,7 +90,7 @@ func setup() error {
 	if err := syscall.Mount("tmpfs", "/var/run/wireguard", "tmpfs", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount tmpfs on /var/run/wireguard: %w", err)
 	}
-	k, err := netlink.Dial()
+	k, err := kernel.Dial()
 	if err != nil {
 		return err
 	}

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex/pkg/embedded"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
+	"github.com/freifunkMUC/wgkex/pkg/mqttserver"
 )
 
 // RequireEnv, when set (CI sets it), turns a missing test dependency into a
@@ -129,11 +129,11 @@ log_type warning
 func Embedded(t testing.TB) *Server {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	var srv *embedded.Server
+	var srv *mqttserver.Server
 	s := &Server{Name: "embedded", URL: &url.URL{Scheme: "mqtt", Host: addr}}
 	s.Start = func() {
 		var err error
-		srv, err = embedded.Start(embedded.Options{Listen: addr, Logger: Quiet()})
+		srv, err = mqttserver.Start(mqttserver.Options{Listen: addr, Logger: Quiet()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -112,7 +112,7 @@ func (b *Broker) State() *State { return b.state }
 // ServeHTTP implements http.Handler.
 func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }
 
-// Subscriptions are the topic filters the broker needs (SPEC section 3).
+// Subscriptions are the topic filters the broker needs (docs/protocol.md §3).
 func Subscriptions() []string {
 	return []string{wgkex.FilterMetrics, wgkex.FilterWorkerStatus, wgkex.FilterWorkerData}
 }

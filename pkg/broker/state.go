@@ -9,7 +9,7 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// Errors of gateway selection, mapped to the SPEC's HTTP answers.
+// Errors of gateway selection, mapped to the HTTP answers of docs/protocol.md §2.
 var (
 	ErrNoGateway     = errors.New("no gateway online for this domain, please check the domain value and try again later")
 	ErrNoGatewayData = errors.New("could not get gateway data")
@@ -110,7 +110,7 @@ type Choice struct {
 	Data   wgkex.WorkerData
 }
 
-// Choose picks the gateway for a new peer on domain (SPEC section 4) and
+// Choose picks the gateway for a new peer on domain (docs/protocol.md §4) and
 // counts the peer for it, so a burst of requests spreads out before the
 // next metrics message corrects the count.
 func (s *State) Choose(domain string) (Choice, error) {

@@ -15,9 +15,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
+	"github.com/freifunkMUC/wgkex/pkg/wgdevice"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
-	"github.com/freifunkMUC/wgkex/pkg/wguser"
 )
 
 // Mesh link parameters of ffmuc-mesh-vpn-wireguard-vxlan.
@@ -44,7 +44,7 @@ type Link struct {
 	OwnLL       netip.Addr
 	PublicKey   wgtypes.Key
 	GatewayKey  wgtypes.Key
-	Userspace   *wguser.Device // nil with kernel WireGuard
+	Userspace   *wgdevice.Device // nil with kernel WireGuard
 	ConnectedAt time.Time
 }
 
@@ -83,7 +83,7 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 // Connect creates (or reuses) the WireGuard interface, registers its key,
 // and points the interface and a VXLAN link at the gateway the broker
 // chose, as a Gluon node does.
-func Connect(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, o ConnectOptions) (*Link, error) {
+func Connect(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, o ConnectOptions) (*Link, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -95,7 +95,7 @@ func Connect(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, o Connec
 	l.OwnLL = wgkex.LinkLocal(l.PublicKey.String())
 
 	if _, err := wg.Device(o.WireGuard); err != nil {
-		if l.Userspace, err = wguser.Create(k, o.WireGuard, o.Userspace, o.Logger); err != nil {
+		if l.Userspace, err = wgdevice.Create(k, o.WireGuard, o.Userspace, o.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -116,7 +116,7 @@ func Connect(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, o Connec
 
 // register pushes the key and (re)points the peer and VXLAN link at the
 // gateway in the answer.
-func (l *Link) register(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, o ConnectOptions) error {
+func (l *Link) register(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, o ConnectOptions) error {
 	po := o.Push
 	po.PublicKey = l.PublicKey.String()
 	po.API = "v2"
@@ -163,7 +163,7 @@ func (l *Link) register(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Clien
 			return err
 		}
 	}
-	if err := k.CreateVXLAN(netlink.VXLAN{Name: o.VXLAN, ID: VXLANID, Local: l.OwnLL, Remote: gwLL, Dev: wgIndex, DstPort: VXLANPort}); err != nil {
+	if err := k.CreateVXLAN(kernel.VXLAN{Name: o.VXLAN, ID: VXLANID, Local: l.OwnLL, Remote: gwLL, Dev: wgIndex, DstPort: VXLANPort}); err != nil {
 		return err
 	}
 	vxIndex, err := k.LinkIndex(o.VXLAN)
@@ -191,7 +191,7 @@ func (l *Link) Healthy(ctx context.Context, iface string) bool {
 // Watch checks the link every interval, as the Gluon job does every
 // minute, and registers again after two failed checks in a row, until ctx
 // ends.
-func (l *Link) Watch(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, o ConnectOptions, interval time.Duration) {
+func (l *Link) Watch(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, o ConnectOptions, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	failures := 0
@@ -218,7 +218,7 @@ func (l *Link) Watch(ctx context.Context, k *netlink.Kernel, wg *wgctrl.Client, 
 }
 
 // Disconnect removes the VXLAN and WireGuard interfaces.
-func Disconnect(k *netlink.Kernel, wgIface, vxIface string) error {
+func Disconnect(k *kernel.Conn, wgIface, vxIface string) error {
 	return errors.Join(k.DeleteLink(vxIface), k.DeleteLink(wgIface))
 }
 

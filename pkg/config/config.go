@@ -1,4 +1,4 @@
-// Package config loads wgkex.yaml (SPEC section 1) and the environment into a
+// Package config loads wgkex.yaml (docs/protocol.md §1) and the environment into a
 // typed Config. It is the only package that uses viper.
 package config
 
@@ -44,7 +44,7 @@ type Config struct {
 
 	Domains        []string
 	DomainPrefixes []string
-	// Workers maps a worker name to its weight (SPEC section 4); workers not
+	// Workers maps a worker name to its weight (docs/protocol.md §4); workers not
 	// listed weigh 1. Names are lower-cased: viper folds keys, and host names
 	// are case-insensitive anyway. Use Weight to look one up.
 	Workers      map[string]int
@@ -181,7 +181,7 @@ func (e *Error) Error() string {
 
 // key spellings: viper keys (with "::" nesting, so that worker host names
 // may contain dots) and the environment variables that set them. The
-// WGKEX_ names follow SPEC section 1; the others are the Python release's
+// WGKEX_ names follow docs/protocol.md §1; the others are the Python release's
 // container variables.
 type keySpec struct {
 	key  string

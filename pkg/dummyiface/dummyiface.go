@@ -1,5 +1,5 @@
-// Package dummyiface builds a test gateway's interfaces for a domain (SPEC
-// section 6): wg-X with a fresh key and a listen port, the link-local
+// Package dummyiface builds a test gateway's interfaces for a domain (docs/protocol.md
+// §6): wg-X with a fresh key and a listen port, the link-local
 // address derived from its own public key, and vx-X (VXLAN id 99 over wg-X)
 // with fe80::1/64. Kernel WireGuard when the kernel has it, otherwise
 // userspace WireGuard in this process.
@@ -15,9 +15,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
+	"github.com/freifunkMUC/wgkex/pkg/wgdevice"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
-	"github.com/freifunkMUC/wgkex/pkg/wguser"
 )
 
 // VXLANID is the VNI of the mesh VXLAN; GatewayAddress is the gateway's
@@ -46,14 +46,14 @@ type Gateway struct {
 	LinkAddress netip.Addr
 	// Userspace is the in-process WireGuard device, nil for kernel
 	// WireGuard. It lives as long as this process.
-	Userspace *wguser.Device
+	Userspace *wgdevice.Device
 	// Existed is true when the interfaces were there already (nothing made).
 	Existed bool
 }
 
 // Create makes the interfaces. When wg-X already exists it only reports
 // it, so running twice is harmless.
-func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
+func Create(k *kernel.Conn, wg *wgctrl.Client, o Options) (*Gateway, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -76,7 +76,7 @@ func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
 		}
 		key = &k
 	}
-	dev, err := wguser.Create(k, ifs.WireGuard, o.Userspace, o.Logger)
+	dev, err := wgdevice.Create(k, ifs.WireGuard, o.Userspace, o.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +106,7 @@ func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
 	if err := k.SetUp(wgIndex); err != nil {
 		return fail(err)
 	}
-	if err := k.CreateVXLAN(netlink.VXLAN{Name: ifs.VXLAN, ID: VXLANID, Local: g.LinkAddress, Dev: wgIndex}); err != nil {
+	if err := k.CreateVXLAN(kernel.VXLAN{Name: ifs.VXLAN, ID: VXLANID, Local: g.LinkAddress, Dev: wgIndex}); err != nil {
 		return fail(err)
 	}
 	vxIndex, err := k.LinkIndex(ifs.VXLAN)
@@ -123,7 +123,7 @@ func Create(k *netlink.Kernel, wg *wgctrl.Client, o Options) (*Gateway, error) {
 }
 
 // Close removes what Create made (nothing when the interfaces existed).
-func (g *Gateway) Close(k *netlink.Kernel) error {
+func (g *Gateway) Close(k *kernel.Conn) error {
 	if g.Existed {
 		return nil
 	}
@@ -131,7 +131,7 @@ func (g *Gateway) Close(k *netlink.Kernel) error {
 }
 
 // Delete removes a domain's interfaces: vx-X, then wg-X.
-func Delete(k *netlink.Kernel, ifs wgkex.Interfaces, userspace *wguser.Device) error {
+func Delete(k *kernel.Conn, ifs wgkex.Interfaces, userspace *wgdevice.Device) error {
 	err := k.DeleteLink(ifs.VXLAN)
 	if userspace != nil {
 		userspace.Close() // closing the TUN removes the link

@@ -15,7 +15,7 @@ import (
 const KeyLen = 44
 
 // KeyPattern is the pattern of a valid public key, as the Python original and
-// SPEC section 2 define it. ValidKey implements it without a regexp.
+// docs/protocol.md §2 define it. ValidKey implements it without a regexp.
 const KeyPattern = `^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$`
 
 // ValidKey reports whether s is the base64 text of a 32-byte WireGuard key in
@@ -55,7 +55,7 @@ func ParseKey(s string) ([32]byte, error) {
 }
 
 // LinkLocal derives the IPv6 link-local address a node with public key key
-// uses on the mesh link (SPEC section 5): the MD5 of the ASCII key followed by
+// uses on the mesh link (docs/protocol.md §5): the MD5 of the ASCII key followed by
 // a newline gives the MAC 02:b1:b2:b3:b4:b5, whose EUI-64 interface ID (with
 // the U/L bit set, not flipped) follows fe80::.
 func LinkLocal(key string) netip.Addr {

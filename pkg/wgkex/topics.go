@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// Topic filters the broker and worker subscribe to (SPEC section 3).
+// Topic filters the broker and worker subscribe to (docs/protocol.md §3).
 const (
 	FilterMetrics      = "wireguard-metrics/#"
 	FilterWorkerStatus = "wireguard-worker/+/status"

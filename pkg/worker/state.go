@@ -337,7 +337,7 @@ func (w *Worker) data(d *domain) (wgkex.WorkerData, error) {
 
 // LinkAddress picks the address nodes use to reach the gateway on wg-X:
 // the one derived from the device's own public key when present, else
-// the first IPv6 address (SPEC section 5).
+// the first IPv6 address (docs/protocol.md §5).
 func LinkAddress(addrs []netip.Prefix, ownKey string) (netip.Addr, bool) {
 	own := wgkex.LinkLocal(ownKey)
 	for _, a := range addrs {
@@ -360,7 +360,7 @@ type announcement struct {
 }
 
 // Announce publishes, per domain, the data message (retained), then the
-// status 1, then connected_peers: the order SPEC section 3 asks for, so a
+// status 1, then connected_peers: the order docs/protocol.md §3 asks for, so a
 // broker never sees the worker online without the data to hand out. A
 // domain whose interfaces are unusable gets connected_peers -1 instead.
 func (w *Worker) Announce(ctx context.Context) {

@@ -1,5 +1,5 @@
 // Package worker installs the keys that nodes publish on the bus as
-// WireGuard peers, routes and VXLAN FDB entries (SPEC section 5), reports the
+// WireGuard peers, routes and VXLAN FDB entries (docs/protocol.md §5), reports the
 // gateway's state back, and removes stale peers. It reaches the kernel only
 // through the WireGuard and Kernel interfaces, and reads time from an
 // injectable clock.
@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -38,7 +38,7 @@ type Kernel interface {
 	Routes(dev int) ([]netip.Prefix, error)
 	AppendFDB(vx int, dst netip.Addr, via int) error
 	DeleteFDB(vx int, dst netip.Addr, via int) error
-	FDB(vx int) ([]netlink.FDBEntry, error)
+	FDB(vx int) ([]kernel.FDBEntry, error)
 	Addrs(dev int) ([]netip.Prefix, error)
 }
 

@@ -18,8 +18,8 @@ import (
 	"github.com/freifunkMUC/wgkex/internal/netns"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/dummyiface"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 	"github.com/freifunkMUC/wgkex/pkg/worker"
 )
@@ -43,16 +43,16 @@ func (c *clock) Set(off time.Duration) {
 
 // host is a gateway: its interfaces, the kernel handles and a bus.
 type host struct {
-	k   *netlink.Kernel
+	k   *kernel.Conn
 	wg  *wgctrl.Client
 	gw  *dummyiface.Gateway
 	bus *testbus.Server
 }
 
 // kernelHandles opens rtnetlink and wgctrl for the test's namespace.
-func kernelHandles(t testing.TB) (*netlink.Kernel, *wgctrl.Client) {
+func kernelHandles(t testing.TB) (*kernel.Conn, *wgctrl.Client) {
 	t.Helper()
-	k, err := netlink.Dial()
+	k, err := kernel.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +467,7 @@ func TestRepair(t *testing.T) {
 	if err := h.k.DeleteLink(ifs.VXLAN); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.k.CreateVXLAN(netlink.VXLAN{Name: ifs.VXLAN, ID: dummyiface.VXLANID, Local: h.gw.LinkAddress, Dev: wgi}); err != nil {
+	if err := h.k.CreateVXLAN(kernel.VXLAN{Name: ifs.VXLAN, ID: dummyiface.VXLANID, Local: h.gw.LinkAddress, Dev: wgi}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "FDB restored on the new vx-X", 5*time.Second, func() bool { return h.installed(t, k1) && h.installed(t, k2) })

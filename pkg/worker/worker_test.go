@@ -16,7 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex/internal/promtest"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -28,7 +28,7 @@ type fakeOS struct {
 	links   map[string]int
 	failKey string // ConfigureDevice fails for a config containing it
 	routes  []netip.Prefix
-	fdb     []netlink.FDBEntry
+	fdb     []kernel.FDBEntry
 }
 
 func newFake() *fakeOS {
@@ -97,7 +97,7 @@ func (f *fakeOS) DeleteFDB(vx int, dst netip.Addr, via int) error {
 	f.rec("fdb del dev %d dst %s via %d", vx, dst, via)
 	return nil
 }
-func (f *fakeOS) FDB(vx int) ([]netlink.FDBEntry, error) { return f.fdb, nil }
+func (f *fakeOS) FDB(vx int) ([]kernel.FDBEntry, error) { return f.fdb, nil }
 func (f *fakeOS) Addrs(dev int) ([]netip.Prefix, error) {
 	return []netip.Prefix{netip.MustParsePrefix("fe80::1234/64"), netip.PrefixFrom(wgkex.LinkLocal("o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="), 128)}, nil
 }
@@ -234,7 +234,7 @@ func TestRepairTranscript(t *testing.T) {
 	f.peers[key(1)] = wgtypes.Peer{PublicKey: mustKey(key(1))}
 	f.peers[key(2)] = wgtypes.Peer{PublicKey: mustKey(key(2))}
 	f.routes = []netip.Prefix{netip.MustParsePrefix(ll(1) + "/128"), netip.MustParsePrefix("fe80::dead/128")}
-	f.fdb = []netlink.FDBEntry{
+	f.fdb = []kernel.FDBEntry{
 		{Dst: netip.MustParseAddr(ll(2)), Via: 10},
 		{Dst: netip.MustParseAddr("fe80::dead"), Via: 10}, // ours, stray
 		{Dst: netip.MustParseAddr("fe80::beef"), Via: 0},  // the operator's

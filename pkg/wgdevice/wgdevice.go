@@ -1,7 +1,7 @@
-// Package wguser runs a WireGuard device in this process (wireguard-go on a
-// TUN device) with the UAPI socket that wgctrl and wg(8) talk to. It is the
-// fallback where the kernel has no WireGuard module.
-package wguser
+// Package wgdevice creates WireGuard interfaces: a kernel WireGuard link when
+// the kernel has the module, otherwise a wireguard-go device running in this
+// process on a TUN device, with the UAPI socket that wgctrl and wg(8) talk to.
+package wgdevice
 
 import (
 	"errors"
@@ -17,7 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
 )
 
 // Device is a running userspace WireGuard interface.
@@ -107,7 +107,7 @@ func (d *Device) Close() {
 // in this process (returned; nil for kernel WireGuard). Either way the
 // link's addrgenmode is none, so that only the addresses derived from
 // WireGuard keys are on it, and it is left down.
-func Create(k *netlink.Kernel, name string, forceUserspace bool, log *slog.Logger) (*Device, error) {
+func Create(k *kernel.Conn, name string, forceUserspace bool, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -115,7 +115,7 @@ func Create(k *netlink.Kernel, name string, forceUserspace bool, log *slog.Logge
 		err := k.NewLink(&rtnetlink.LinkMessage{Family: unix.AF_UNSPEC,
 			Attributes: &rtnetlink.LinkAttributes{Name: name, Info: &rtnetlink.LinkInfo{Kind: "wireguard"}}})
 		if err == nil {
-			return nil, netlink.SetAddrGenModeNone(name)
+			return nil, kernel.SetAddrGenModeNone(name)
 		}
 		if !errors.Is(err, unix.EOPNOTSUPP) {
 			return nil, err
@@ -126,7 +126,7 @@ func Create(k *netlink.Kernel, name string, forceUserspace bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	if err := netlink.SetAddrGenModeNone(name); err != nil {
+	if err := kernel.SetAddrGenModeNone(name); err != nil {
 		dev.Close()
 		return nil, err
 	}

@@ -1,7 +1,7 @@
-// Package embedded runs an in-process MQTT server (mochi-mqtt) so that a
+// Package mqttserver runs an in-process MQTT server (mochi-mqtt) so that a
 // broker needs no other service. Workers and other brokers connect to it
 // like to any MQTT server.
-package embedded
+package mqttserver
 
 import (
 	"context"

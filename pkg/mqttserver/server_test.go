@@ -1,4 +1,4 @@
-package embedded_test
+package mqttserver_test
 
 import (
 	"context"
@@ -7,12 +7,12 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex/internal/testbus"
-	"github.com/freifunkMUC/wgkex/pkg/embedded"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
+	"github.com/freifunkMUC/wgkex/pkg/mqttserver"
 )
 
 func TestCredentialsEnforced(t *testing.T) {
-	srv, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", Username: "wgkex", Password: "s3cret", Logger: testbus.Quiet()})
+	srv, err := mqttserver.Start(mqttserver.Options{Listen: "127.0.0.1:0", Username: "wgkex", Password: "s3cret", Logger: testbus.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

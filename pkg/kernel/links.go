@@ -1,4 +1,4 @@
-package netlink
+package kernel
 
 import (
 	"errors"
@@ -24,7 +24,7 @@ type VXLAN struct {
 
 // CreateVXLAN creates the link (an existing link of that name is left as
 // it is: callers delete first when they want a fresh one).
-func (k *Kernel) CreateVXLAN(v VXLAN) error {
+func (k *Conn) CreateVXLAN(v VXLAN) error {
 	if _, err := net.InterfaceByName(v.Name); err == nil {
 		return nil
 	}
@@ -53,7 +53,7 @@ func (k *Kernel) CreateVXLAN(v VXLAN) error {
 }
 
 // SetUp brings the link up.
-func (k *Kernel) SetUp(index int) error {
+func (k *Conn) SetUp(index int) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	err := k.conn.Link.Set(&rtnetlink.LinkMessage{
@@ -69,7 +69,7 @@ func (k *Kernel) SetUp(index int) error {
 }
 
 // DeleteLink removes the named link; an absent one is success.
-func (k *Kernel) DeleteLink(name string) error {
+func (k *Conn) DeleteLink(name string) error {
 	ifi, err := net.InterfaceByName(name)
 	if err != nil {
 		return nil
@@ -85,7 +85,7 @@ func (k *Kernel) DeleteLink(name string) error {
 // AddAddr adds an address (without duplicate address detection: these are
 // link-local addresses on point-to-point and overlay links) to the link;
 // an existing one is success.
-func (k *Kernel) AddAddr(index int, p netip.Prefix) error {
+func (k *Conn) AddAddr(index int, p netip.Prefix) error {
 	family, scope := unix.AF_INET6, unix.RT_SCOPE_UNIVERSE
 	if p.Addr().Is4() {
 		family = unix.AF_INET
@@ -124,7 +124,7 @@ func SetAddrGenModeNone(name string) error {
 
 // NewLink creates a link from a raw message (for link kinds without a
 // helper here, such as kernel WireGuard).
-func (k *Kernel) NewLink(m *rtnetlink.LinkMessage) error {
+func (k *Conn) NewLink(m *rtnetlink.LinkMessage) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err := k.conn.Link.New(m); err != nil {

@@ -1,12 +1,12 @@
-package netlink_test
+package kernel_test
 
 import (
 	"net/netip"
 	"testing"
 
 	"github.com/freifunkMUC/wgkex/internal/netns"
-	"github.com/freifunkMUC/wgkex/pkg/netlink"
-	"github.com/freifunkMUC/wgkex/pkg/wguser"
+	"github.com/freifunkMUC/wgkex/pkg/kernel"
+	"github.com/freifunkMUC/wgkex/pkg/wgdevice"
 )
 
 // TestIdempotentEntries: replace twice is one route, a second zero-MAC FDB
@@ -15,12 +15,12 @@ func TestIdempotentEntries(t *testing.T) {
 	if !netns.Run(t) {
 		return
 	}
-	k, err := netlink.Dial()
+	k, err := kernel.Dial()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	dev, err := wguser.Create(k, "wg-t", true, nil)
+	dev, err := wgdevice.Create(k, "wg-t", true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestIdempotentEntries(t *testing.T) {
 	if err := k.SetUp(wg); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.CreateVXLAN(netlink.VXLAN{Name: "vx-t", ID: 99, Local: own, Dev: wg}); err != nil {
+	if err := k.CreateVXLAN(kernel.VXLAN{Name: "vx-t", ID: 99, Local: own, Dev: wg}); err != nil {
 		t.Fatal(err)
 	}
 	vx, _ := k.LinkIndex("vx-t")

@@ -1,10 +1,10 @@
-// Package netlink is the worker's seam to the kernel: routes, VXLAN FDB
-// entries and addresses over rtnetlink, and WireGuard devices over wgctrl
-// (kernel WireGuard first, userspace UAPI sockets otherwise).
+// Package kernel talks rtnetlink to the Linux kernel: links, addresses,
+// routes and VXLAN FDB entries. WireGuard devices are configured elsewhere,
+// over wgctrl; this package only creates and removes links.
 //
 // Every change is idempotent: adding what exists and removing what is gone
 // both succeed.
-package netlink
+package kernel
 
 import (
 	"errors"
@@ -30,27 +30,27 @@ const dumpRetries = 5
 // ErrDumpInterrupted is returned when every retry of a dump was interrupted.
 var ErrDumpInterrupted = errors.New("netlink dump kept being interrupted by concurrent changes")
 
-// Kernel does routes, FDB entries and addresses through one rtnetlink
+// Conn does routes, FDB entries and addresses through one rtnetlink
 // socket. It is safe for concurrent use.
-type Kernel struct {
+type Conn struct {
 	mu   sync.Mutex
 	conn *rtnetlink.Conn
 }
 
 // Dial opens the rtnetlink socket of the current network namespace.
-func Dial() (*Kernel, error) {
+func Dial() (*Conn, error) {
 	c, err := rtnetlink.Dial(nil)
 	if err != nil {
 		return nil, fmt.Errorf("open rtnetlink: %w", err)
 	}
-	return &Kernel{conn: c}, nil
+	return &Conn{conn: c}, nil
 }
 
 // Close closes the socket.
-func (k *Kernel) Close() error { return k.conn.Close() }
+func (k *Conn) Close() error { return k.conn.Close() }
 
 // LinkIndex returns the index of the named interface.
-func (k *Kernel) LinkIndex(name string) (int, error) {
+func (k *Conn) LinkIndex(name string) (int, error) {
 	ifi, err := net.InterfaceByName(name)
 	if err != nil {
 		return 0, fmt.Errorf("interface %s: %w", name, err)
@@ -58,7 +58,7 @@ func (k *Kernel) LinkIndex(name string) (int, error) {
 	return ifi.Index, nil
 }
 
-func (k *Kernel) routeMessage(dev int, dst netip.Prefix) *rtnetlink.RouteMessage {
+func (k *Conn) routeMessage(dev int, dst netip.Prefix) *rtnetlink.RouteMessage {
 	return &rtnetlink.RouteMessage{
 		Family:    unix.AF_INET6,
 		DstLength: uint8(dst.Bits()),
@@ -75,7 +75,7 @@ func (k *Kernel) routeMessage(dev int, dst netip.Prefix) *rtnetlink.RouteMessage
 }
 
 // ReplaceRoute installs dst via dev (ip route replace ... proto 129).
-func (k *Kernel) ReplaceRoute(dev int, dst netip.Prefix) error {
+func (k *Conn) ReplaceRoute(dev int, dst netip.Prefix) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err := k.conn.Route.Replace(k.routeMessage(dev, dst)); err != nil {
@@ -85,7 +85,7 @@ func (k *Kernel) ReplaceRoute(dev int, dst netip.Prefix) error {
 }
 
 // DeleteRoute removes our route to dst via dev; an absent one is success.
-func (k *Kernel) DeleteRoute(dev int, dst netip.Prefix) error {
+func (k *Conn) DeleteRoute(dev int, dst netip.Prefix) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	err := k.conn.Route.Delete(k.routeMessage(dev, dst))
@@ -96,7 +96,7 @@ func (k *Kernel) DeleteRoute(dev int, dst netip.Prefix) error {
 }
 
 // Routes lists the IPv6 routes via dev that carry RouteProtocol.
-func (k *Kernel) Routes(dev int) ([]netip.Prefix, error) {
+func (k *Conn) Routes(dev int) ([]netip.Prefix, error) {
 	msgs, err := k.dump(&rtnetlink.RouteMessage{Family: unix.AF_INET6}, unix.RTM_GETROUTE, unix.AF_INET6)
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
@@ -137,7 +137,7 @@ func fdbMessage(vx int, dst netip.Addr, via int) *rtnetlink.NeighMessage {
 // Several zero-MAC entries coexist, so this appends (rtnetlink's
 // NeighService.New would ask for an exclusive create and fail with EEXIST
 // on the second node).
-func (k *Kernel) AppendFDB(vx int, dst netip.Addr, via int) error {
+func (k *Conn) AppendFDB(vx int, dst netip.Addr, via int) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	_, err := k.conn.Execute(fdbMessage(vx, dst, via), unix.RTM_NEWNEIGH,
@@ -150,7 +150,7 @@ func (k *Kernel) AppendFDB(vx int, dst netip.Addr, via int) error {
 
 // DeleteFDB removes the zero-MAC entry for dst on vx; an absent one is
 // success.
-func (k *Kernel) DeleteFDB(vx int, dst netip.Addr, via int) error {
+func (k *Conn) DeleteFDB(vx int, dst netip.Addr, via int) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	_, err := k.conn.Execute(fdbMessage(vx, dst, via), unix.RTM_DELNEIGH, mdnetlink.Request|mdnetlink.Acknowledge)
@@ -167,7 +167,7 @@ type FDBEntry struct {
 }
 
 // FDB lists the zero-MAC entries on the VXLAN device vx.
-func (k *Kernel) FDB(vx int) ([]FDBEntry, error) {
+func (k *Conn) FDB(vx int) ([]FDBEntry, error) {
 	msgs, err := k.dump(&rtnetlink.NeighMessage{Family: unix.AF_BRIDGE, Index: uint32(vx)}, unix.RTM_GETNEIGH, unix.AF_BRIDGE)
 	if err != nil {
 		return nil, fmt.Errorf("list fdb of dev %d: %w", vx, err)
@@ -188,7 +188,7 @@ func (k *Kernel) FDB(vx int) ([]FDBEntry, error) {
 }
 
 // Addrs lists the IPv6 addresses on dev, in the kernel's order.
-func (k *Kernel) Addrs(dev int) ([]netip.Prefix, error) {
+func (k *Conn) Addrs(dev int) ([]netip.Prefix, error) {
 	msgs, err := k.dump(&rtnetlink.AddressMessage{Family: unix.AF_INET6}, unix.RTM_GETADDR, unix.AF_INET6)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
@@ -210,7 +210,7 @@ func (k *Kernel) Addrs(dev int) ([]netip.Prefix, error) {
 
 // dump reads a whole dump (every part of a multi-part answer) and retries
 // it when the kernel flags it as interrupted.
-func (k *Kernel) dump(req rtnetlink.Message, typ uint16, family uint16) ([]rtnetlink.Message, error) {
+func (k *Conn) dump(req rtnetlink.Message, typ uint16, family uint16) ([]rtnetlink.Message, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for attempt := 0; attempt < dumpRetries; attempt++ {
