@@ -148,6 +148,7 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 		keyFile          string
 		userspace, watch bool
 		interval         time.Duration
+		vni              vxlanFlags
 	)
 	c := &cobra.Command{
 		Use:   "connect",
@@ -155,7 +156,8 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 		Long: "connect does what a Gluon node does after the key exchange: it creates (or reuses) the\n" +
 			"WireGuard interface with the key in --private-key-file (created 0600 when absent),\n" +
 			"registers the key (v2), adds the chosen gateway as peer (keepalive 25 s) and creates a\n" +
-			"VXLAN link (id 99, port 8472) to the gateway's link address. With --watch, or with\n" +
+			"VXLAN link (port 8472; id 99, --vxlan-id, or the id Gluon derives from --domain-seed)\n" +
+			"to the gateway's link address. With --watch, or with\n" +
 			"userspace WireGuard, it stays in the foreground.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -167,10 +169,14 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			id, err := vni.id()
+			if err != nil {
+				return err
+			}
 			if keyFile == "" {
 				keyFile = "/var/lib/wgkex/" + wgIface + ".key"
 			}
-			o := client.ConnectOptions{Push: po, WireGuard: wgIface, VXLAN: vxIface, KeyFile: keyFile, Userspace: userspace, Logger: log}
+			o := client.ConnectOptions{Push: po, WireGuard: wgIface, VXLAN: vxIface, KeyFile: keyFile, Userspace: userspace, VXLANID: id, Logger: log}
 			k, wg, closeKernel, err := openKernel()
 			if err != nil {
 				return err
@@ -180,8 +186,8 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.OutOrStdout(), "connected: %s -> %s:%s (gateway %s, link address %s); own link address %s; vxlan %s remote %s\n",
-				wgIface, link.Endpoint.Address, link.Endpoint.Port, link.Endpoint.PublicKey, link.GatewayLL, link.OwnLL, vxIface, link.GatewayLL)
+			fmt.Fprintf(c.OutOrStdout(), "connected: %s -> %s:%s (gateway %s, link address %s); own link address %s; vxlan %s id %d remote %s\n",
+				wgIface, link.Endpoint.Address, link.Endpoint.Port, link.Endpoint.PublicKey, link.GatewayLL, link.OwnLL, vxIface, link.VXLANID, link.GatewayLL)
 			if !watch && link.Userspace == nil {
 				return nil
 			}
@@ -219,6 +225,7 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 	c.Flags().BoolVar(&userspace, "userspace", false, "use userspace WireGuard even when the kernel has it")
 	c.Flags().BoolVar(&watch, "watch", false, "keep checking the link and register again when it is down")
 	c.Flags().DurationVar(&interval, "interval", time.Minute, "how often --watch checks the link")
+	vni.add(c)
 	return c
 }
 

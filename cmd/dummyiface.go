@@ -18,17 +18,25 @@ func newDummyIfaceCommand(g *globals) *cobra.Command {
 		port      int
 		del       bool
 		userspace bool
+		http      bool
+		vni       vxlanFlags
 	)
 	c := &cobra.Command{
 		Use:   "dummy-iface",
 		Short: "Create a test gateway's wg-X and vx-X interfaces for each domain",
 		Long: "dummy-iface builds what a gateway needs per domain: wg-X with a fresh key and a listen\n" +
-			"port, the link-local address derived from its key, and vx-X (VXLAN id 99 over wg-X)\n" +
-			"with fe80::1/64. Without kernel WireGuard it runs WireGuard in userspace, stays in the\n" +
-			"foreground and removes the interfaces on SIGINT/SIGTERM.",
+			"port, the link-local address derived from its key, and vx-X (VXLAN over wg-X; id 99, or\n" +
+			"--vxlan-id, or the id Gluon derives from the site's --domain-seed) with fe80::1/64.\n" +
+			"--http answers Gluon's liveness check (HTTP 200 on port 80 of the link address of wg-X).\n" +
+			"Without kernel WireGuard, or with --http, it stays in the foreground and removes the\n" +
+			"interfaces on SIGINT/SIGTERM.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return runDummyIface(c.Context(), g, domains, port, del, userspace)
+			id, err := vni.id()
+			if err != nil {
+				return err
+			}
+			return runDummyIface(c.Context(), g, domains, port, del, dummyiface.Options{Userspace: userspace, VXLANID: id, LivenessHTTP: http})
 		},
 	}
 	f := c.Flags()
@@ -36,10 +44,12 @@ func newDummyIfaceCommand(g *globals) *cobra.Command {
 	f.IntVar(&port, "listen-port", 51820, "WireGuard listen port of the first domain; further domains get the next ports")
 	f.BoolVar(&del, "delete", false, "remove the interfaces instead")
 	f.BoolVar(&userspace, "userspace", false, "use userspace WireGuard even when the kernel has it")
+	f.BoolVar(&http, "http", false, "answer Gluon's liveness check: HTTP 200 on port 80 of each wg-X link address")
+	vni.add(c)
 	return c
 }
 
-func runDummyIface(ctx context.Context, g *globals, domains []string, port int, del, userspace bool) error {
+func runDummyIface(ctx context.Context, g *globals, domains []string, port int, del bool, opts dummyiface.Options) error {
 	cfg, log, err := g.loadConfigWith(os.Stderr, func(c *config.Config) {
 		if len(domains) > 0 {
 			c.Domains = domains
@@ -73,7 +83,7 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 	var made []*dummyiface.Gateway
 	cleanup := func() {
 		for _, gw := range made {
-			if gw.Userspace != nil {
+			if gw.Running() {
 				if err := gw.Close(k); err != nil {
 					log.Warn("remove interfaces", "err", err)
 				}
@@ -81,9 +91,9 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 		}
 	}
 	for i, d := range cfg.Domains {
-		gw, err := dummyiface.Create(k, wg, dummyiface.Options{
-			Interfaces: ifaces[d], ListenPort: port + i, Userspace: userspace, Logger: log,
-		})
+		o := opts
+		o.Interfaces, o.ListenPort, o.Logger = ifaces[d], port+i, log
+		gw, err := dummyiface.Create(k, wg, o)
 		if err != nil {
 			cleanup()
 			return fmt.Errorf("%s: %w", d, err)
@@ -98,16 +108,16 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 		}
 		fmt.Printf("%s: %s public key %s port %d link address %s [%s]; %s vxlan id %d local %s dev %s, %s\n",
 			d, gw.Interfaces.WireGuard, gw.PublicKey, gw.ListenPort, gw.LinkAddress, mode,
-			gw.Interfaces.VXLAN, dummyiface.VXLANID, gw.LinkAddress, gw.Interfaces.WireGuard, dummyiface.GatewayAddress)
+			gw.Interfaces.VXLAN, gw.VXLANID, gw.LinkAddress, gw.Interfaces.WireGuard, dummyiface.GatewayAddress)
 	}
-	userspaceRunning := false
+	running := false
 	for _, gw := range made {
-		userspaceRunning = userspaceRunning || gw.Userspace != nil
+		running = running || gw.Running()
 	}
-	if !userspaceRunning {
+	if !running {
 		return nil
 	}
-	log.Info("userspace WireGuard running; Ctrl-C (SIGINT/SIGTERM) removes the interfaces")
+	log.Info("running (userspace WireGuard or liveness HTTP); Ctrl-C (SIGINT/SIGTERM) stops and removes what was made")
 	gone := make(chan string, len(made))
 	for _, gw := range made {
 		if gw.Userspace != nil {

@@ -65,6 +65,17 @@ func (h *nsHost) try(args ...string) (string, bool) {
 	return string(out), err == nil
 }
 
+// useResolver points the host's /etc/resolv.conf at a name server, with a
+// bind mount in the host's own mount namespace.
+func (h *nsHost) useResolver(t *testing.T, dir, server string) {
+	t.Helper()
+	conf := filepath.Join(dir, h.name+"-resolv.conf")
+	if err := os.WriteFile(conf, []byte("nameserver "+server+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.run(t, "mount", "--bind", conf, "/etc/resolv.conf")
+}
+
 // start runs wgkex on the host in the background.
 func (h *nsHost) start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
@@ -380,89 +391,4 @@ func TestEndToEnd(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestGluonRequest replays what a Gluon node's wget sends, then uses the
-// answer exactly as the node's script does, with wg(8) and ip(8), and
-// pings the gateway across the resulting VXLAN-over-WireGuard link.
-func TestGluonRequest(t *testing.T) {
-	m := newMesh(t)
-	m.startMosquitto(t)
-	bus := "WGKEX_MQTT_BROKER_URL=10.99.0.1"
-	m.broker.start(t, []string{bus}, "broker", "--config", m.cfg)
-	m.gw1.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
-	waitFor(t, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
-	m.gw1.start(t, []string{bus, "WGKEX_EXTERNALNAME=" + m.gw1.ip}, "worker", "--config", m.cfg, "--name", "gw1")
-	waitFor(t, "gw1 online", func() bool { return gatewaysReady(1) })
-
-	// The node's WireGuard interface (wg-node, from dummy-iface; its
-	// vx-node is not used).
-	m.node1.start(t, []string{"WGKEX_DOMAINS=ffmuc_node"}, "dummy-iface", "--config", m.cfg, "--listen-port", "51900")
-	var key string
-	waitFor(t, "node interface", func() bool {
-		out, _ := m.node1.try("wg", "show", "wg-node", "public-key")
-		key = strings.TrimSpace(out)
-		_, up := m.node1.try("ip", "link", "show", "vx-node")
-		return wgkex.ValidKey(key) && up
-	})
-
-	// uclient-fetch as Gluon runs it: --post-data sets this content type.
-	req, _ := http.NewRequest("POST", "http://10.99.0.1:5000/api/v2/wg/key/exchange",
-		strings.NewReader(`{"domain": "ffmuc_welt", "public_key": "`+key+`"}`))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("User-Agent", "uclient-fetch")
-	req.Header.Set("Accept", "*/*")
-	req.Header.Set("Connection", "close")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var reply struct {
-		Endpoint struct {
-			Address    string
-			Port       string
-			PublicKey  string
-			AllowedIPs []string
-		}
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(body, &reply); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("status %d: %s (%v)", resp.StatusCode, body, err)
-	}
-	e := reply.Endpoint
-	if e.Address != m.gw1.ip || e.Port != "51820" || !wgkex.ValidKey(e.PublicKey) || len(e.AllowedIPs) != 1 {
-		t.Fatalf("Endpoint %+v", e)
-	}
-	waitFor(t, "key on gw1", func() bool { return installed(m.gw1, key) })
-
-	// wgkex client push, human-readable and --json, shows the same gateway.
-	out := m.node1.run(t, bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt", "--public-key", key)
-	for _, want := range []string{"key registered (v2)", "gateway:      " + e.Address, "port:         51820", "public key:   " + e.PublicKey, "link address: " + e.AllowedIPs[0]} {
-		if !strings.Contains(out, want) {
-			t.Errorf("client push output lacks %q:\n%s", want, out)
-		}
-	}
-	out = m.node1.run(t, bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt", "--public-key", key, "--json")
-	var raw map[string]any
-	if err := json.Unmarshal([]byte(out), &raw); err != nil || raw["Message"] != "OK" {
-		t.Errorf("client push --json: %v %s", err, out)
-	}
-	if out, ok := m.node1.try(bin, "client", "push", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_mars", "--public-key", key); ok ||
-		!strings.Contains(out, `broker answered 400: unknown domain "ffmuc_mars"`) {
-		t.Errorf("client push to an unknown domain: ok=%v %s", ok, out)
-	}
-
-	// What the node's script does with the fields. (Without dummy-iface's
-	// vx-node first: two VXLAN links with one VNI and port cannot coexist.)
-	m.node1.run(t, "ip", "link", "del", "vx-node")
-	// Gluon puts its link-local address on the WireGuard interface as a
-	// /64, which brings this route; dummy-iface gave wg-node a /128.
-	m.node1.run(t, "ip", "-6", "route", "add", "fe80::/64", "dev", "wg-node")
-	m.node1.run(t, "wg", "set", "wg-node", "peer", e.PublicKey, "persistent-keepalive", "25",
-		"allowed-ips", e.AllowedIPs[0]+"/128", "endpoint", e.Address+":"+e.Port)
-	m.node1.run(t, "ip", "link", "add", "vx-gluon", "type", "vxlan", "id", "99", "remote", e.AllowedIPs[0],
-		"dstport", "8472", "local", wgkex.LinkLocal(key).String(), "dev", "wg-node")
-	m.node1.run(t, "ip", "link", "set", "vx-gluon", "up")
-	pingable(t, m.node1, "fe80::1%vx-gluon")
 }

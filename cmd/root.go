@@ -17,6 +17,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex/pkg/config"
 	"github.com/freifunkMUC/wgkex/pkg/kernel"
+	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
 // globals are the persistent flags every subcommand shares.
@@ -132,4 +133,31 @@ func openKernel() (k *kernel.Conn, wg *wgctrl.Client, closeKernel func(), err er
 		return nil, nil, nil, fmt.Errorf("open wireguard control: %w", err)
 	}
 	return k, wg, func() { wg.Close(); k.Close() }, nil
+}
+
+// vxlanFlags choose the mesh VNI: --vxlan-id, or the id Gluon nodes derive
+// from the site's --domain-seed; default wgkex.DefaultVXLANID.
+type vxlanFlags struct {
+	vni  uint32
+	seed string
+}
+
+func (f *vxlanFlags) add(c *cobra.Command) {
+	c.Flags().Uint32Var(&f.vni, "vxlan-id", wgkex.DefaultVXLANID, "VXLAN id (VNI) of the mesh link")
+	c.Flags().StringVar(&f.seed, "domain-seed", "", "site.conf domain_seed (hex): use the VXLAN id Gluon nodes derive from it")
+	c.MarkFlagsMutuallyExclusive("vxlan-id", "domain-seed")
+}
+
+func (f *vxlanFlags) id() (uint32, error) {
+	if f.seed != "" {
+		id, err := wgkex.VXLANIDFromSeed(f.seed)
+		if err != nil {
+			return 0, fmt.Errorf("--domain-seed: %w", err)
+		}
+		return id, nil
+	}
+	if f.vni > wgkex.MaxVXLANID {
+		return 0, fmt.Errorf("--vxlan-id %d: a VXLAN id has 24 bits (at most %d)", f.vni, wgkex.MaxVXLANID)
+	}
+	return f.vni, nil
 }

@@ -117,29 +117,10 @@ func Subscriptions() []string {
 	return []string{wgkex.FilterMetrics, wgkex.FilterWorkerStatus, wgkex.FilterWorkerData}
 }
 
-// exchangeRequest is the body nodes send.
-type exchangeRequest struct {
-	Domain    string `json:"domain"`
-	PublicKey string `json:"public_key"`
-}
-
-type endpoint struct {
-	Address     string   `json:"Address"`
-	Port        string   `json:"Port"`
-	AllowedIPs  []string `json:"AllowedIPs"`
-	PublicKey   string   `json:"PublicKey"`
-	LinkAddress string   `json:"LinkAddress"`
-}
-
-type v2Reply struct {
-	Endpoint endpoint `json:"Endpoint"`
-	Message  string   `json:"Message"`
-}
-
 // decodeRequest parses a key exchange body, whatever its Content-Type
 // (Gluon posts JSON as application/x-www-form-urlencoded), and validates it.
-func decodeRequest(body []byte, known func(string) bool) (exchangeRequest, error) {
-	var req exchangeRequest
+func decodeRequest(body []byte, known func(string) bool) (wgkex.ExchangeRequest, error) {
+	var req wgkex.ExchangeRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return req, fmt.Errorf("invalid JSON body: %v", err)
 	}
@@ -195,7 +176,7 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		b.log.Info("key published", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr)
 
 		if !v2 {
-			writeJSON(w, http.StatusOK, map[string]string{"Message": "OK"})
+			writeJSON(w, http.StatusOK, wgkex.ReplyV1{Message: "OK"})
 			return
 		}
 		choice, err := b.state.Choose(req.Domain)
@@ -212,16 +193,15 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		b.metrics.choices.WithLabelValues(choice.Worker, req.Domain).Inc()
 		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker)
 		d := choice.Data
-		writeJSON(w, http.StatusOK, v2Reply{
-			Endpoint: endpoint{
-				Address:     d.ExternalAddress,
-				Port:        strconv.Itoa(d.Port),
-				AllowedIPs:  []string{d.LinkAddress},
-				PublicKey:   d.PublicKey,
-				LinkAddress: d.LinkAddress,
-			},
-			Message: "OK",
-		})
+		// Nothing beside Endpoint: a "Message" makes Gluon nodes read the
+		// reply as v1 (docs/protocol.md §2).
+		writeJSON(w, http.StatusOK, wgkex.ReplyV2{Endpoint: wgkex.Endpoint{
+			Address:     d.ExternalAddress,
+			Port:        strconv.Itoa(d.Port),
+			AllowedIPs:  []string{d.LinkAddress},
+			PublicKey:   d.PublicKey,
+			LinkAddress: d.LinkAddress,
+		}})
 	}
 }
 

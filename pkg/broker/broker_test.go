@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -122,8 +123,13 @@ func TestV2(t *testing.T) {
 	if ips := ep["AllowedIPs"].([]any); len(ips) != 1 || ips[0] != "fe80::27c:16ff:fec0:6c74" {
 		t.Errorf("AllowedIPs = %v", ips)
 	}
-	if m["Message"] != "OK" {
-		t.Errorf("Message = %v", m["Message"])
+	// Exactly one top-level key: deployed Gluon nodes take a reply with
+	// "Message": "OK" for a v1 reply and ignore its Endpoint.
+	if len(m) != 1 {
+		t.Errorf("v2 reply has top-level keys %v, want only Endpoint", keys(m))
+	}
+	if len(ep) != 5 {
+		t.Errorf("Endpoint has keys %v, want Address, Port, AllowedIPs, PublicKey, LinkAddress", keys(ep))
 	}
 	if resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("Content-Type = %q", resp.Header.Get("Content-Type"))
@@ -277,4 +283,13 @@ func FuzzHandleMessage(f *testing.F) {
 			}
 		}
 	})
+}
+
+func keys(m map[string]any) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }

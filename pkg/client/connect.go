@@ -20,30 +20,31 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// Mesh link parameters of ffmuc-mesh-vpn-wireguard-vxlan.
-const (
-	VXLANID           = 99
-	VXLANPort         = 8472
-	KeepaliveInterval = 25 * time.Second
-)
+// KeepaliveInterval is the persistent keepalive Gluon nodes set on their
+// gateway peer.
+const KeepaliveInterval = 25 * time.Second
 
 // ConnectOptions describe the node side of a mesh link.
 type ConnectOptions struct {
 	Push      PushOptions // Broker, Domain, API (v2), timeouts; PublicKey is filled in
 	WireGuard string      // interface name, e.g. wg-mesh
 	VXLAN     string      // e.g. vx-mesh
-	KeyFile   string      // private key; created (0600) when absent
-	Userspace bool        // skip kernel WireGuard
+	// VXLANID is the mesh VNI: the one the site's nodes derive from its
+	// domain seed (wgkex.VXLANIDFromSeed); 0 means wgkex.DefaultVXLANID.
+	VXLANID   uint32
+	KeyFile   string // private key; created (0600) when absent
+	Userspace bool   // skip kernel WireGuard
 	Logger    *slog.Logger
 }
 
 // Link is a node's mesh link to a gateway.
 type Link struct {
-	Endpoint    Endpoint
+	Endpoint    wgkex.Endpoint
 	GatewayLL   netip.Addr
 	OwnLL       netip.Addr
 	PublicKey   wgtypes.Key
 	GatewayKey  wgtypes.Key
+	VXLANID     uint32
 	Userspace   *wgdevice.Device // nil with kernel WireGuard
 	ConnectedAt time.Time
 }
@@ -124,6 +125,9 @@ func (l *Link) register(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, 
 	if err != nil {
 		return err
 	}
+	if res.Endpoint == nil {
+		return fmt.Errorf("broker %s gave a v1 answer (no gateway named): a node cannot connect without v2", po.Broker)
+	}
 	ep := *res.Endpoint
 	gwLL, err := parseLinkAddress(ep.AllowedIPs[0])
 	if err != nil {
@@ -163,7 +167,11 @@ func (l *Link) register(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, 
 			return err
 		}
 	}
-	if err := k.CreateVXLAN(kernel.VXLAN{Name: o.VXLAN, ID: VXLANID, Local: l.OwnLL, Remote: gwLL, Dev: wgIndex, DstPort: VXLANPort}); err != nil {
+	vni := o.VXLANID
+	if vni == 0 {
+		vni = wgkex.DefaultVXLANID
+	}
+	if err := k.CreateVXLAN(kernel.VXLAN{Name: o.VXLAN, ID: vni, Local: l.OwnLL, Remote: gwLL, Dev: wgIndex, DstPort: wgkex.VXLANPort}); err != nil {
 		return err
 	}
 	vxIndex, err := k.LinkIndex(o.VXLAN)
@@ -173,7 +181,7 @@ func (l *Link) register(ctx context.Context, k *kernel.Conn, wg *wgctrl.Client, 
 	if err := k.SetUp(vxIndex); err != nil {
 		return err
 	}
-	l.Endpoint, l.GatewayLL, l.GatewayKey, l.ConnectedAt = ep, gwLL, gwKey, time.Now()
+	l.Endpoint, l.GatewayLL, l.GatewayKey, l.VXLANID, l.ConnectedAt = ep, gwLL, gwKey, vni, time.Now()
 	o.Logger.Info("connected", "gateway", ep.Address+":"+ep.Port, "gateway_key", ep.PublicKey,
 		"gateway_ll", gwLL, "own_ll", l.OwnLL, "wireguard", o.WireGuard, "vxlan", o.VXLAN)
 	return nil

@@ -17,20 +17,11 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// Endpoint is the gateway a v2 answer names.
-type Endpoint struct {
-	Address     string   `json:"Address"`
-	Port        string   `json:"Port"`
-	AllowedIPs  []string `json:"AllowedIPs"`
-	PublicKey   string   `json:"PublicKey"`
-	LinkAddress string   `json:"LinkAddress"`
-}
-
 // Result is a broker's answer.
 type Result struct {
-	API      string    // "v2" or "v1", whichever answered
-	Endpoint *Endpoint // v2 only
-	Message  string
+	API      string          // "v2" or "v1": the shape of the answer
+	Endpoint *wgkex.Endpoint // v2 answers only
+	Message  string          // v1 answers (and v2 answers of older brokers)
 	Raw      []byte
 }
 
@@ -131,30 +122,51 @@ func pushOnce(ctx context.Context, hc *http.Client, o PushOptions, api string, b
 		}
 		return nil, &HTTPError{Status: resp.StatusCode, Message: truncate(msg, 300)}
 	}
-	res := &Result{API: api, Raw: raw}
-	var reply struct {
-		Endpoint *Endpoint `json:"Endpoint"`
-		Message  string    `json:"Message"`
-	}
-	if err := json.Unmarshal(raw, &reply); err != nil {
-		return nil, fmt.Errorf("answer of %s is not JSON: %w", url, err)
-	}
-	res.Endpoint, res.Message = reply.Endpoint, reply.Message
-	if api == "v2" {
-		if err := res.Endpoint.validate(); err != nil {
-			return nil, fmt.Errorf("answer of %s: %w", url, err)
-		}
+	res, err := parseAnswer(api, raw)
+	if err != nil {
+		return nil, fmt.Errorf("answer of %s: %w", url, err)
 	}
 	return res, nil
 }
 
-// validate checks what a node needs: Address, Port, PublicKey, AllowedIPs[0].
-func (e *Endpoint) validate() error {
-	if e == nil {
-		return errors.New("no Endpoint in the answer")
+// parseAnswer reads the shapes brokers have sent: a v2 answer
+// {"Endpoint": {...}} (older Go brokers added "Message": "OK"; ours no
+// longer does, see docs/protocol.md §2), and a v1 answer {"Message": "OK"},
+// also from a v2 URL of a broker that has no gateway data to give.
+func parseAnswer(api string, raw []byte) (*Result, error) {
+	var reply struct {
+		Endpoint *wgkex.Endpoint `json:"Endpoint"`
+		Message  string          `json:"Message"`
 	}
-	if e.Address == "" || e.Port == "" || len(e.AllowedIPs) == 0 || !wgkex.ValidKey(e.PublicKey) {
-		return fmt.Errorf("incomplete Endpoint %+v", *e)
+	if err := json.Unmarshal(raw, &reply); err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	res := &Result{API: api, Endpoint: reply.Endpoint, Message: reply.Message, Raw: raw}
+	if api == "v1" || reply.Endpoint == nil {
+		if reply.Message != "OK" {
+			return nil, fmt.Errorf("neither a gateway (Endpoint) nor \"Message\": \"OK\" in %s", truncate(string(raw), 200))
+		}
+		res.API, res.Endpoint = "v1", nil
+		return res, nil
+	}
+	if err := validEndpoint(reply.Endpoint); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// validEndpoint checks what a Gluon node needs of a gateway: Address, Port,
+// PublicKey and AllowedIPs[0].
+func validEndpoint(e *wgkex.Endpoint) error {
+	switch {
+	case e.Address == "":
+		return errors.New("Endpoint.Address is empty")
+	case e.Port == "":
+		return errors.New("Endpoint.Port is empty")
+	case len(e.AllowedIPs) == 0 || e.AllowedIPs[0] == "":
+		return errors.New("Endpoint.AllowedIPs is empty")
+	case !wgkex.ValidKey(e.PublicKey):
+		return fmt.Errorf("Endpoint.PublicKey %q is not a WireGuard key", truncate(e.PublicKey, 64))
 	}
 	return nil
 }

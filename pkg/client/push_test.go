@@ -16,7 +16,46 @@ import (
 const key = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 
 const v2Reply = `{"Endpoint":{"Address":"gw04.ext.ffmuc.net","Port":"40011","AllowedIPs":["fe80::27c:16ff:fec0:6c74"],` +
-	`"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74"},"Message":"OK"}`
+	`"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74"}}`
+
+// TestParseAnswer covers every shape of answer brokers have sent: ours, the
+// original's, older Go brokers' v2 with "Message", and v1.
+func TestParseAnswer(t *testing.T) {
+	withMessage := strings.TrimSuffix(v2Reply, "}") + `,"Message":"OK"}`
+	python := `{"Endpoint": {"Address": "gw04.ext.ffmuc.net", "Port": "40011", "AllowedIPs": ["fe80::27c:16ff:fec0:6c74"], "PublicKey": "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="}}`
+	for _, tc := range []struct {
+		name, api, raw string
+		wantAPI        string
+		wantErr        string
+	}{
+		{"v2", "v2", v2Reply, "v2", ""},
+		{"original v2 without LinkAddress", "v2", python, "v2", ""},
+		{"older Go broker v2 with Message", "v2", withMessage, "v2", ""},
+		{"v1", "v1", `{"Message":"OK"}`, "v1", ""},
+		{"v1 shape from a v2 URL", "v2", `{"Message":"OK"}`, "v1", ""},
+		{"not JSON", "v2", `<html>`, "", "not JSON"},
+		{"empty object", "v2", `{}`, "", "neither a gateway"},
+		{"no address", "v2", strings.Replace(v2Reply, "gw04.ext.ffmuc.net", "", 1), "", "Endpoint.Address is empty"},
+		{"no AllowedIPs", "v2", strings.Replace(v2Reply, `["fe80::27c:16ff:fec0:6c74"]`, `[]`, 1), "", "AllowedIPs is empty"},
+		{"bad key", "v2", strings.Replace(v2Reply, "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=", "nope", 1), "", "not a WireGuard key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := parseAnswer(tc.api, []byte(tc.raw))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || res.API != tc.wantAPI {
+				t.Fatalf("%+v, %v; want API %s", res, err, tc.wantAPI)
+			}
+			if tc.wantAPI == "v2" && (res.Endpoint == nil || res.Endpoint.Address != "gw04.ext.ffmuc.net") {
+				t.Errorf("Endpoint %+v", res.Endpoint)
+			}
+		})
+	}
+}
 
 func TestPushV2(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

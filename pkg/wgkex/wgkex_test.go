@@ -170,3 +170,41 @@ func FuzzParsers(f *testing.F) {
 		_, _ = ParseStatus(payload)
 	})
 }
+
+func TestVXLANIDFromSeed(t *testing.T) {
+	// Vectors of docs/protocol.md §2 (computed by Gluon's own Lua).
+	for _, tc := range []struct {
+		seed string
+		id   uint32
+	}{
+		{strings.Repeat("0", 64), 13306706},
+		{"00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff", 8911352},
+		{"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", 8911352},
+	} {
+		id, err := VXLANIDFromSeed(tc.seed)
+		if err != nil || id != tc.id {
+			t.Errorf("VXLANIDFromSeed(%q) = %d, %v; want %d", tc.seed, id, err, tc.id)
+		}
+		if id > MaxVXLANID {
+			t.Errorf("VXLANIDFromSeed(%q) = %d, over 24 bits", tc.seed, id)
+		}
+	}
+	for _, bad := range []string{"", "xyz", "0", "00 11"} {
+		if _, err := VXLANIDFromSeed(bad); err == nil {
+			t.Errorf("VXLANIDFromSeed(%q): no error", bad)
+		}
+	}
+}
+
+func TestDomainSeedBytesLength(t *testing.T) {
+	// Longer outputs chain several MD5 blocks; each prefix is stable.
+	seed := strings.Repeat("ab", 32)
+	long, err := DomainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 40)
+	if err != nil || len(long) != 80 {
+		t.Fatalf("len %d, %v", len(long), err)
+	}
+	short, _ := DomainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 3)
+	if !strings.HasPrefix(long, short) {
+		t.Errorf("%q is not a prefix of %q", short, long)
+	}
+}
