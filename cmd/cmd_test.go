@@ -75,6 +75,23 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("wgkex %v: exit %d, stderr %q", args, code, stderr)
 		}
 	}
+	// VXLAN id flags are checked before anything touches the kernel.
+	cfg := filepath.Join("..", "wgkex.example.yaml")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dummy-iface", "--config", cfg, "--vxlan-id", "0"}, "--vxlan-id 0: want 1 to 16777215"},
+		{[]string{"dummy-iface", "--config", cfg, "--vxlan-id", "16777216"}, "--vxlan-id 16777216: want 1 to 16777215"},
+		{[]string{"dummy-iface", "--config", cfg, "--domain-seed", "xyz"}, `--domain-seed: domain seed "xyz": want hexadecimal digits`},
+		{[]string{"dummy-iface", "--config", cfg, "--vxlan-id", "5", "--domain-seed", "00"}, "[domain-seed vxlan-id] were all set"},
+		{[]string{"client", "connect", "--domain", "ffmuc_welt", "--domain-seed", "0g"}, "--domain-seed: domain seed"},
+	} {
+		code, _, stderr := run(t, nil, tc.args...)
+		if code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("wgkex %v: exit %d, stderr %q, want %q", tc.args, code, stderr, tc.want)
+		}
+	}
 	code, out, _ := run(t, nil, "version")
 	if code != 0 || !strings.Contains(out, "wgkex ") || !strings.Contains(out, "go1.") {
 		t.Errorf("version: %d %q", code, out)

@@ -236,7 +236,7 @@ func (m *mesh) connect(t *testing.T, node *nsHost, env []string) (*proc, nodeLin
 	t.Helper()
 	keyFile := filepath.Join(m.dir, node.name+".key")
 	p := node.start(t, env, "client", "connect", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt",
-		"--private-key-file", keyFile, "--watch", "--interval", "2s", "--retries", "5")
+		"--private-key-file", keyFile, "--watch", "--interval", "2s", "--retries", "5", "--domain-seed", testSeed)
 	var l nodeLink
 	waitFor(t, node.name+" connected", func() bool {
 		mm := connectedRE.FindStringSubmatch(p.stderr.String())
@@ -327,7 +327,7 @@ func TestEndToEnd(t *testing.T) {
 
 			workers := map[*nsHost]*proc{}
 			for _, gw := range []*nsHost{m.gw1, m.gw2} {
-				gw.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
+				gw.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820", "--domain-seed", testSeed, "--http")
 				waitFor(t, gw.name+" interfaces", func() bool { _, ok := gw.try("ip", "link", "show", "vx-welt"); return ok })
 				workers[gw] = gw.start(t, append(env, "WGKEX_EXTERNALNAME="+gw.ip), "worker", "--config", m.cfg, "--name", gw.name)
 			}
@@ -339,6 +339,13 @@ func TestEndToEnd(t *testing.T) {
 			waitFor(t, "node1's key on both gateways", func() bool { return installed(m.gw1, l1.pubkey) && installed(m.gw2, l1.pubkey) })
 			pingable(t, m.node1, "fe80::1%vx-mesh")
 			pingable(t, gwA, vxlanLL(t, m.node1, "vx-mesh")+"%vx-welt")
+			// Gluon's liveness check of the gateway, answered by dummy-iface --http.
+			if out, ok := m.node1.try("timeout", "5", "busybox", "wget", "-q", "-O", "-", "http://["+l1.gatewayLL+"%wg-mesh]/"); !ok || !strings.Contains(out, "wgkex test gateway") {
+				t.Errorf("liveness check of %s: %v %s", gwA.name, ok, out)
+			}
+			if out := m.node1.run(t, "ip", "-d", "link", "show", "vx-mesh"); !strings.Contains(out, "vxlan id 8911352 ") {
+				t.Errorf("node's vx-mesh does not use the domain seed's VNI:\n%s", out)
+			}
 
 			// Node1's handshake reaches the broker through gwA's metrics
 			// (every 2 s here); until then a metrics message from before the
@@ -376,7 +383,7 @@ func TestEndToEnd(t *testing.T) {
 			// its link go down and registers again.
 			workers[gwA].signal(t, syscall.SIGTERM)
 			gwA.run(t, bin, "dummy-iface", "--config", m.cfg, "--delete")
-			gwA.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820")
+			gwA.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820", "--domain-seed", testSeed, "--http")
 			waitFor(t, "rebuilt interfaces", func() bool { _, ok := gwA.try("ip", "link", "show", "vx-welt"); return ok })
 			gwA.start(t, append(env, "WGKEX_EXTERNALNAME="+gwA.ip), "worker", "--config", m.cfg, "--name", gwA.name)
 			deadline := time.Now().Add(60 * time.Second)

@@ -156,8 +156,8 @@ func (f *vxlanFlags) id() (uint32, error) {
 		}
 		return id, nil
 	}
-	if f.vni > wgkex.MaxVXLANID {
-		return 0, fmt.Errorf("--vxlan-id %d: a VXLAN id has 24 bits (at most %d)", f.vni, wgkex.MaxVXLANID)
+	if f.vni < 1 || f.vni > wgkex.MaxVXLANID {
+		return 0, fmt.Errorf("--vxlan-id %d: want 1 to %d (24 bits)", f.vni, wgkex.MaxVXLANID)
 	}
 	return f.vni, nil
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -193,14 +194,21 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		b.metrics.choices.WithLabelValues(choice.Worker, req.Domain).Inc()
 		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker)
 		d := choice.Data
+		// A Python worker may publish its link address with a prefix
+		// length; nodes append /128 to AllowedIPs[0] and use it as the
+		// VXLAN remote, so it must be a bare address.
+		ll := d.LinkAddress
+		if p, err := netip.ParsePrefix(ll); err == nil {
+			ll = p.Addr().String()
+		}
 		// Nothing beside Endpoint: a "Message" makes Gluon nodes read the
 		// reply as v1 (docs/protocol.md §2).
 		writeJSON(w, http.StatusOK, wgkex.ReplyV2{Endpoint: wgkex.Endpoint{
 			Address:     d.ExternalAddress,
 			Port:        strconv.Itoa(d.Port),
-			AllowedIPs:  []string{d.LinkAddress},
+			AllowedIPs:  []string{ll},
 			PublicKey:   d.PublicKey,
-			LinkAddress: d.LinkAddress,
+			LinkAddress: ll,
 		}})
 	}
 }

@@ -293,3 +293,22 @@ func keys(m map[string]any) []string {
 	sort.Strings(ks)
 	return ks
 }
+
+// A link address published with a prefix length (the Python worker's
+// validator allows it) still gives nodes a bare AllowedIPs[0]: they append
+// /128 to it and use it as their VXLAN remote.
+func TestV2LinkAddressWithPrefix(t *testing.T) {
+	b := newTestBroker(&fakePublisher{})
+	b.HandleMessage("wireguard-worker/gw04/status", []byte("1"))
+	b.HandleMessage("wireguard-metrics/ffmuc_welt/gw04/connected_peers", []byte("0"))
+	b.HandleMessage("wireguard-worker/gw04/ffmuc_welt/data",
+		[]byte(`{"ExternalAddress":"gw04.ext.ffmuc.net","Port":40011,"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74/64"}`))
+	resp, m := do(t, b, "POST", "/api/v2/wg/key/exchange", "application/json", body("ffmuc_welt", testKey))
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %v", resp.StatusCode, m)
+	}
+	ep := m["Endpoint"].(map[string]any)
+	if ips := ep["AllowedIPs"].([]any); len(ips) != 1 || ips[0] != "fe80::27c:16ff:fec0:6c74" || ep["LinkAddress"] != "fe80::27c:16ff:fec0:6c74" {
+		t.Errorf("AllowedIPs %v LinkAddress %v, want the bare address", ips, ep["LinkAddress"])
+	}
+}
