@@ -4,12 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"net/url"
+	"os"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/freifunkMUC/wgkex/pkg/config"
+	"github.com/freifunkMUC/wgkex/pkg/mqtt"
+	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
 func newConfigCommand(g *globals) *cobra.Command {
@@ -18,32 +23,144 @@ func newConfigCommand(g *globals) *cobra.Command {
 		Short: "Inspect the configuration",
 		Args:  cobra.NoArgs,
 	}
-	c.AddCommand(&cobra.Command{
+	var name string
+	check := &cobra.Command{
 		Use:   "check",
 		Short: "Validate the configuration (file + environment) and print the effective values, secrets masked",
-		Args:  cobra.NoArgs,
+		Long: "check loads the configuration as broker and worker do, prints the effective values (secrets\n" +
+			"masked) and the transport each side will use, and warns on stderr about settings that are\n" +
+			"valid but probably wrong. It lists every problem and exits non-zero when the configuration\n" +
+			"is invalid. It touches neither the network nor the kernel.",
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cfg, err := config.Load(g.configFile)
-			if err != nil {
-				return err
-			}
-			printConfig(c.OutOrStdout(), cfg)
-			if err := cfg.Validate(); err != nil {
-				var ce *config.Error
-				if errors.As(err, &ce) {
-					fmt.Fprintf(c.ErrOrStderr(), "%d problem(s):\n", len(ce.Problems))
-					for _, p := range ce.Problems {
-						fmt.Fprintf(c.ErrOrStderr(), "  %s\n", p)
-					}
-					return fmt.Errorf("configuration invalid")
-				}
-				return err
-			}
-			fmt.Fprintln(c.OutOrStdout(), "# configuration OK")
-			return nil
+			return runConfigCheck(c.OutOrStdout(), c.ErrOrStderr(), g, name)
 		},
-	})
+	}
+	check.Flags().StringVar(&name, "name", "", "worker name, as wgkex worker --name (default worker.name, else the host name)")
+	c.AddCommand(check)
 	return c
+}
+
+func runConfigCheck(out, errOut io.Writer, g *globals, nameFlag string) error {
+	cfg, err := config.Load(g.configFile)
+	if err != nil {
+		return listProblems(errOut, err)
+	}
+	printConfig(out, cfg)
+	if err := cfg.Validate(); err != nil {
+		return listProblems(errOut, err)
+	}
+	name, nameFrom, err := resolveWorkerName(nameFlag, cfg)
+	if err != nil {
+		return err
+	}
+	// The same options broker and worker build: this also reads the TLS files.
+	mo, err := mqtt.OptionsFromConfig(cfg)
+	if err != nil {
+		return err
+	}
+	printTransports(out, cfg, mo.Server)
+	external, externalFrom := cfg.ExternalAddress(name), "externalName"
+	if cfg.ExternalName == "" {
+		externalFrom = "the worker name"
+	}
+	fmt.Fprintf(out, "# worker: name %q (%s), hands nodes the Address %q (%s)\n", name, nameFrom, external, externalFrom)
+	for _, w := range cfg.Warnings(name) {
+		fmt.Fprintf(errOut, "warning: %s\n", w)
+	}
+	fmt.Fprintln(out, "# configuration OK")
+	return nil
+}
+
+// listProblems prints every problem of a *config.Error on a line of its own.
+func listProblems(w io.Writer, err error) error {
+	var ce *config.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	fmt.Fprintf(w, "%d problem(s):\n", len(ce.Problems))
+	for _, p := range ce.Problems {
+		fmt.Fprintf(w, "  %s\n", p)
+	}
+	return errors.New("configuration invalid")
+}
+
+// resolveWorkerName names the worker as runWorker does: --name, else
+// worker.name, else the host name.
+func resolveWorkerName(flag string, cfg *config.Config) (name, from string, err error) {
+	switch {
+	case flag != "":
+		name, from = flag, "from --name"
+	case cfg.Worker.Name != "":
+		name, from = cfg.Worker.Name, "from worker.name"
+	default:
+		if name, err = os.Hostname(); err != nil {
+			return "", "", fmt.Errorf("worker name: %w", err)
+		}
+		from = "the host name"
+	}
+	if !wgkex.ValidName(name) {
+		return "", "", fmt.Errorf("worker name %q (%s) cannot stand in an MQTT topic", name, from)
+	}
+	return name, from, nil
+}
+
+// printTransports says how each side connects, as pkg/mqtt dials server
+// (the URL OptionsFromConfig gives) and as the broker serves HTTP.
+func printTransports(w io.Writer, c *config.Config, server *url.URL) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	if c.Embedded() {
+		p("# broker -> MQTT: %s (its own embedded server, plain TCP)", server.Redacted())
+		p("# worker -> MQTT: %s (plain TCP, to the embedded server of a broker on this host)", server.Redacted())
+		auth := "username and password required"
+		if c.MQTT.Username == "" && c.MQTT.Password == "" {
+			auth = "no credentials: loopback only"
+		}
+		p("# embedded MQTT server: plain TCP on %s (%s)", c.MQTT.Listen, auth)
+	} else {
+		t := mqttTransport(c, server)
+		p("# broker -> MQTT: %s (%s)", server.Redacted(), t)
+		p("# worker -> MQTT: %s (%s)", server.Redacted(), t)
+	}
+	p("# HTTP API (broker): plain HTTP on %s", c.BrokerListen.Addr())
+	if c.Worker.MetricsListen != "" {
+		p("# worker metrics: plain HTTP on %s", c.Worker.MetricsListen)
+	}
+}
+
+// mqttTransport describes the connection to an external MQTT server.
+func mqttTransport(c *config.Config, server *url.URL) string {
+	if !config.TLSScheme(server.Scheme) {
+		kind := "plain TCP"
+		if server.Scheme == "ws" {
+			kind = "websocket"
+		}
+		kind += ", unencrypted"
+		if c.MQTT.Password != "" && !loopbackHost(server.Hostname()) {
+			kind += ", password sent in clear text"
+		}
+		return kind
+	}
+	kind := "TLS"
+	if server.Scheme == "wss" {
+		kind = "websocket over TLS"
+	}
+	kind += ", server certificate checked against system roots"
+	if c.MQTT.CAFile != "" {
+		kind += " + ca_file"
+	}
+	if c.MQTT.CertFile != "" {
+		kind += ", client certificate from cert_file"
+	}
+	return kind
+}
+
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 func mask(s string) string {

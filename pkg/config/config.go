@@ -113,8 +113,14 @@ func (c *Config) Embedded() bool { return c.MQTT.BrokerURL == "" }
 
 // ServerURL is the MQTT server to connect to: broker_url with broker_port
 // and the scheme tls selects, or broker_url itself when it is a URL. With the
-// embedded server it is the server's own listen address.
+// embedded server it is the server's own listen address. The scheme alone
+// decides whether the connection is TLS (see TLSScheme): tls: true with a
+// plain-text scheme, or with the embedded server, is an error rather than a
+// silently plain connection.
 func (c *Config) ServerURL() (*url.URL, error) {
+	if p := c.MQTT.tlsConflict(); p != nil {
+		return nil, errors.New(p.String())
+	}
 	if c.Embedded() {
 		host, port, err := net.SplitHostPort(c.MQTT.Listen)
 		if err != nil {
@@ -218,7 +224,9 @@ var keys = []keySpec{
 // Load reads the config file and the environment. file is the --config flag
 // ("" to fall back to $WGKEX_CONFIG_FILE, then /etc/wgkex.yaml). A file named
 // explicitly must exist; a missing default file leaves only the environment.
-// Load reports keys of the wrong type; Validate checks the meaning.
+// Load reports keys of the wrong type, and then, so that one run names every
+// wrong key, what Validate finds in the other keys. Without type problems it
+// leaves Validate to the caller, who may first apply command-line flags.
 func Load(file string) (*Config, error) {
 	explicit := true
 	if file == "" {
@@ -288,9 +296,26 @@ func Load(file string) (*Config, error) {
 	}
 	cfg.Notes = append(cfg.Notes, unknownKeys(v)...)
 	if len(p.problems) > 0 {
-		return nil, &Error{File: cfg.File, Problems: p.problems}
+		return nil, &Error{File: cfg.File, Problems: withValidation(cfg, p.problems)}
 	}
 	return cfg, nil
+}
+
+// withValidation adds Validate's problems to the type problems of a Config
+// whose wrongly typed keys hold their defaults, leaving out the keys already
+// named (a list of the wrong type would otherwise also be "empty").
+func withValidation(cfg *Config, typeProblems []Problem) []Problem {
+	named := map[string]bool{}
+	for _, p := range typeProblems {
+		named[p.Key] = true
+	}
+	all := typeProblems
+	for _, p := range cfg.problems() {
+		if !named[p.Key] {
+			all = append(all, p)
+		}
+	}
+	return all
 }
 
 func unknownKeys(v *viper.Viper) []string {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -12,30 +13,53 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
+// problems collects what is wrong, each tied to its key.
+type problems []Problem
+
+func (ps *problems) add(key, format string, args ...any) {
+	*ps = append(*ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
 // Validate checks the meaning of every key and returns all problems at once
 // as an *Error, each naming its key.
 func (c *Config) Validate() error {
-	var probs []Problem
-	add := func(key, format string, args ...any) {
-		probs = append(probs, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	if probs := c.problems(); len(probs) > 0 {
+		return &Error{File: c.File, Problems: probs}
 	}
+	return nil
+}
 
+// problems checks one config section after the other.
+func (c *Config) problems() []Problem {
+	var ps problems
+	c.checkDomains(&ps)
+	c.checkWorkers(&ps)
+	c.checkMQTT(&ps)
+	c.checkBrokerListen(&ps)
+	c.checkWorker(&ps)
+	c.checkLogLevel(&ps)
+	return ps
+}
+
+// checkDomains: domains and domain_prefixes, and the interface names they
+// give (docs/protocol.md §1).
+func (c *Config) checkDomains(ps *problems) {
 	if len(c.Domains) == 0 {
-		add("domains", "empty: list at least one domain")
+		ps.add("domains", "empty: list at least one domain")
 	}
 	if len(c.DomainPrefixes) == 0 {
-		add("domain_prefixes", "empty: list the prefixes stripped from domains (e.g. ffmuc_)")
+		ps.add("domain_prefixes", "empty: list the prefixes stripped from domains (e.g. ffmuc_)")
 	}
 	seenDomain := map[string]bool{}
 	owner := map[string]string{} // interface name -> domain
 	for _, d := range c.Domains {
 		if seenDomain[d] {
-			add("domains", "%q is listed twice", d)
+			ps.add("domains", "%q is listed twice", d)
 			continue
 		}
 		seenDomain[d] = true
 		if !wgkex.ValidName(d) {
-			add("domains", "%q is not a valid domain name (no '/', '+', '#' or control characters)", d)
+			ps.add("domains", "%q is not a valid domain name (no '/', '+', '#' or control characters)", d)
 			continue
 		}
 		if len(c.DomainPrefixes) == 0 {
@@ -43,113 +67,175 @@ func (c *Config) Validate() error {
 		}
 		ifs, err := wgkex.InterfacesFor(d, c.DomainPrefixes)
 		if err != nil {
-			add("domains", "%v", err)
+			ps.add("domains", "%v", err)
 			continue
 		}
 		if other, ok := owner[ifs.WireGuard]; ok {
-			add("domains", "%q and %q both give interfaces %s/%s", other, d, ifs.WireGuard, ifs.VXLAN)
+			ps.add("domains", "%q and %q both give interfaces %s/%s", other, d, ifs.WireGuard, ifs.VXLAN)
 			continue
 		}
 		owner[ifs.WireGuard] = d
 	}
+}
 
+// checkWorkers: the broker's workers.<name>.weight map.
+func (c *Config) checkWorkers(ps *problems) {
+	for _, n := range c.workerNames() {
+		if w := c.Workers[n]; w <= 0 {
+			ps.add("workers."+n+".weight", "must be a positive integer, got %d", w)
+		}
+		if !wgkex.ValidName(n) {
+			ps.add("workers."+n, "not a valid worker name")
+		}
+	}
+}
+
+func (c *Config) workerNames() []string {
 	names := make([]string, 0, len(c.Workers))
 	for n := range c.Workers {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
-		if w := c.Workers[n]; w <= 0 {
-			add("workers."+n+".weight", "must be a positive integer, got %d", w)
-		}
-		if !wgkex.ValidName(n) {
-			add("workers."+n, "not a valid worker name")
-		}
-	}
+	return names
+}
 
-	if c.MQTT.BrokerURL != "" {
+// checkMQTT: the bus connection, its TLS settings and the embedded server.
+func (c *Config) checkMQTT(ps *problems) {
+	m := c.MQTT
+	if p := m.tlsConflict(); p != nil {
+		*ps = append(*ps, *p)
+	} else if m.BrokerURL != "" {
 		if _, err := c.ServerURL(); err != nil {
-			add("mqtt.broker_url", "%v", err)
+			ps.add("mqtt.broker_url", "%s", strings.TrimPrefix(err.Error(), "mqtt.broker_url: "))
 		}
 	}
-	if c.MQTT.Port < 1 || c.MQTT.Port > 65535 {
-		add("mqtt.broker_port", "must be 1-65535, got %d", c.MQTT.Port)
+	if m.Port < 1 || m.Port > 65535 {
+		ps.add("mqtt.broker_port", "must be 1-65535, got %d", m.Port)
 	}
-	if c.MQTT.Keepalive < 0 || c.MQTT.Keepalive > 65535 {
-		add("mqtt.keepalive", "must be 0-65535 seconds, got %d", c.MQTT.Keepalive)
+	if m.Keepalive < 0 || m.Keepalive > 65535 {
+		ps.add("mqtt.keepalive", "must be 0-65535 seconds, got %d", m.Keepalive)
 	}
 	for _, f := range []struct{ key, path string }{
-		{"mqtt.ca_file", c.MQTT.CAFile}, {"mqtt.cert_file", c.MQTT.CertFile}, {"mqtt.key_file", c.MQTT.KeyFile},
+		{"mqtt.ca_file", m.CAFile}, {"mqtt.cert_file", m.CertFile}, {"mqtt.key_file", m.KeyFile},
 	} {
 		if f.path == "" {
 			continue
 		}
 		if fh, err := os.Open(f.path); err != nil {
-			add(f.key, "cannot read: %v", err)
+			ps.add(f.key, "cannot read: %v", err)
 		} else {
 			fh.Close()
 		}
 	}
-	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
-		add("mqtt.cert_file", "mqtt.cert_file and mqtt.key_file go together")
+	if (m.CertFile == "") != (m.KeyFile == "") {
+		ps.add("mqtt.cert_file", "mqtt.cert_file and mqtt.key_file go together")
 	}
 	if c.Embedded() {
-		host, port, err := net.SplitHostPort(c.MQTT.Listen)
+		host, port, err := net.SplitHostPort(m.Listen)
 		if err != nil {
-			add("mqtt.listen", "want host:port, got %q", c.MQTT.Listen)
+			ps.add("mqtt.listen", "want host:port, got %q", m.Listen)
 		} else {
 			if !validPort(port) {
-				add("mqtt.listen", "bad port %q", port)
+				ps.add("mqtt.listen", "bad port %q", port)
 			}
-			if !isLoopback(host) && (c.MQTT.Username == "" || c.MQTT.Password == "") {
-				add("mqtt.listen", "the embedded MQTT server listens beyond loopback (%s): set mqtt.username and mqtt.password", c.MQTT.Listen)
+			if !isLoopback(host) && (m.Username == "" || m.Password == "") {
+				ps.add("mqtt.listen", "the embedded MQTT server listens beyond loopback (%s): set mqtt.username and mqtt.password", m.Listen)
 			}
 		}
 	}
+}
 
+// tlsSchemeFor maps the schemes that carry MQTT in clear text to their TLS
+// counterparts (as pkg/mqtt and autopaho dial them).
+var tlsSchemeFor = map[string]string{"mqtt": "tls", "tcp": "tls", "ws": "wss"}
+
+// TLSScheme reports whether a server URL scheme (as ServerURL gives it) is
+// dialled with TLS.
+func TLSScheme(scheme string) bool {
+	switch strings.ToLower(scheme) {
+	case "tls", "mqtts", "ssl", "wss":
+		return true
+	}
+	return false
+}
+
+// tlsConflict is the problem of asking for TLS (mqtt.tls) where the
+// connection would be plain text: a plain URL scheme wins over the tls flag
+// when dialling, and the embedded server has no TLS listener. Without this
+// check tls: true would silently send the credentials in clear text.
+func (m MQTT) tlsConflict() *Problem {
+	if !m.TLS {
+		return nil
+	}
+	if m.BrokerURL == "" {
+		return &Problem{Key: "mqtt.tls", Msg: "true, but mqtt.broker_url is empty and the embedded MQTT server " +
+			"speaks plain TCP only: set mqtt.broker_url to an MQTT server with TLS, or mqtt.tls: false for the embedded one"}
+	}
+	if !strings.Contains(m.BrokerURL, "://") {
+		return nil // a bare host: ServerURL gives it the tls scheme
+	}
+	u, err := url.Parse(m.BrokerURL)
+	if err != nil {
+		return nil // ServerURL reports it
+	}
+	safe, plain := tlsSchemeFor[u.Scheme]
+	if !plain {
+		return nil
+	}
+	orig := u.Redacted()
+	u.Scheme = safe
+	return &Problem{Key: "mqtt.tls", Msg: fmt.Sprintf("true, but mqtt.broker_url %s is plain text: use %s instead "+
+		"(TLS schemes: tls://, mqtts://, ssl://, wss://), or a bare host name, which then gets TLS", orig, u.Redacted())}
+}
+
+// checkBrokerListen: the broker's HTTP listen address.
+func (c *Config) checkBrokerListen(ps *problems) {
 	if c.BrokerListen.Port < 1 || c.BrokerListen.Port > 65535 {
-		add("broker_listen.port", "must be 1-65535, got %d", c.BrokerListen.Port)
+		ps.add("broker_listen.port", "must be 1-65535, got %d", c.BrokerListen.Port)
 	}
 	if strings.ContainsAny(c.BrokerListen.Host, " /") {
-		add("broker_listen.host", "not a host name or address: %q", c.BrokerListen.Host)
+		ps.add("broker_listen.host", "not a host name or address: %q", c.BrokerListen.Host)
 	}
+}
 
+// checkWorker: externalName and the worker section.
+func (c *Config) checkWorker(ps *problems) {
 	if c.ExternalName != "" && strings.ContainsAny(c.ExternalName, " /\t") {
-		add("externalName", "not a host name or address: %q", c.ExternalName)
+		ps.add("externalName", "not a host name or address: %q", c.ExternalName)
 	}
-	if c.Worker.Name != "" && !wgkex.ValidName(c.Worker.Name) {
-		add("worker.name", "%q cannot stand in an MQTT topic (no '/', '+', '#')", c.Worker.Name)
+	w := c.Worker
+	if w.Name != "" && !wgkex.ValidName(w.Name) {
+		ps.add("worker.name", "%q cannot stand in an MQTT topic (no '/', '+', '#')", w.Name)
 	}
 	for _, d := range []struct {
 		key string
 		val int64
 	}{
-		{"worker.metrics_interval", int64(c.Worker.MetricsInterval)},
-		{"worker.cleanup_interval", int64(c.Worker.CleanupInterval)},
-		{"worker.peer_timeout", int64(c.Worker.PeerTimeout)},
+		{"worker.metrics_interval", int64(w.MetricsInterval)},
+		{"worker.cleanup_interval", int64(w.CleanupInterval)},
+		{"worker.peer_timeout", int64(w.PeerTimeout)},
 	} {
 		if d.val <= 0 {
-			add(d.key, "must be positive")
+			ps.add(d.key, "must be positive")
 		}
 	}
-	if c.Worker.NewPeerGrace < 0 {
-		add("worker.new_peer_grace", "must not be negative")
+	if w.NewPeerGrace < 0 {
+		ps.add("worker.new_peer_grace", "must not be negative")
 	}
-	if c.Worker.MetricsListen != "" {
-		if _, port, err := net.SplitHostPort(c.Worker.MetricsListen); err != nil || !validPort(port) {
-			add("worker.metrics_listen", "want host:port, got %q", c.Worker.MetricsListen)
+	if w.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(w.MetricsListen); err != nil || !validPort(port) {
+			ps.add("worker.metrics_listen", "want host:port, got %q", w.MetricsListen)
 		}
 	}
-	if c.LogLevel != "" {
-		if _, err := ParseLogLevel(c.LogLevel); err != nil {
-			add("log_level", "%v", err)
-		}
-	}
+}
 
-	if len(probs) > 0 {
-		return &Error{File: c.File, Problems: probs}
+func (c *Config) checkLogLevel(ps *problems) {
+	if c.LogLevel == "" {
+		return
 	}
-	return nil
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		ps.add("log_level", "%v", err)
+	}
 }
 
 // Interfaces names the interfaces of every configured domain. Call it on a
