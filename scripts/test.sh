@@ -16,6 +16,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
+command -v busybox >/dev/null || need+=(busybox)      # nslookup/wget of the Gluon node replay
+command -v promtool >/dev/null || need+=(prometheus)  # alerting rules check and unit tests
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}"
@@ -32,10 +34,16 @@ if ! command -v goreleaser >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "installing goreleaser (go install, about 2 minutes)"
   GOFLAGS= go install github.com/goreleaser/goreleaser/v2@v2.14.0
 fi
+# staticcheck, pinned, beside go vet.
+if ! command -v staticcheck >/dev/null; then
+  echo "installing staticcheck v0.8.2 (go install)"
+  GOFLAGS= go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
 # Tests start their own Mosquitto on free ports (the package's system
 # instance, if any, is not used).
 if [ "$(id -u)" = 0 ]; then
   export WGKEX_TEST_REQUIRE_ALL=1
 fi
 go vet ./...
+staticcheck ./...
 go test -race -count=1 -timeout 15m ./... "$@"
