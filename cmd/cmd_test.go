@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex/internal/eventually"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 )
 
@@ -58,10 +59,12 @@ func run(t *testing.T, env []string, args ...string) (int, string, string) {
 	return code, stdout.String(), stderr.String()
 }
 
+// cleanEnv is the test's environment without wgkex settings. A binary
+// built with -race waits a second at exit for its report unless told not to.
 func cleanEnv() []string {
-	var env []string
+	env := []string{"GORACE=atexit_sleep_ms=0"}
 	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "WGKEX_") && !strings.HasPrefix(e, "MQTT_") {
+		if !strings.HasPrefix(e, "WGKEX_") && !strings.HasPrefix(e, "MQTT_") && !strings.HasPrefix(e, "GORACE=") {
 			env = append(env, e)
 		}
 	}
@@ -154,13 +157,11 @@ func TestBrokerServesAndStopsCleanly(t *testing.T) {
 			url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/wg/key/exchange", httpPort)
 			var resp *http.Response
 			var err error
-			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			eventually.Within(waitTimeout, func() bool {
 				resp, err = http.Post(url, "application/x-www-form-urlencoded",
 					strings.NewReader(`{"domain":"ffmuc_welt","public_key":"TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="}`))
-				if err == nil {
-					break
-				}
-			}
+				return err == nil
+			})
 			if err != nil {
 				t.Fatalf("broker never answered: %v\n%s", err, stderr.String())
 			}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex/internal/eventually"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/broker"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
@@ -30,6 +31,9 @@ type nsHost struct {
 
 func newNSHost(t *testing.T, name, ip string) *nsHost {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("namespace test: not run with -short")
+	}
 	cmd := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
 		"mkdir -p /var/run/wireguard && mount -t tmpfs tmpfs /var/run/wireguard && ip link set lo up && echo ready && exec sleep infinity")
 	out, _ := cmd.StdoutPipe()
@@ -112,6 +116,9 @@ var seq int
 
 func newMesh(t *testing.T) *mesh {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: not run with -short")
+	}
 	if os.Geteuid() != 0 {
 		testbus.Missing(t, "needs root for network namespaces (run scripts/test.sh as root)")
 	}
@@ -238,7 +245,7 @@ func (m *mesh) connect(t *testing.T, node *nsHost, env []string) (*proc, nodeLin
 	p := node.start(t, env, "client", "connect", "--broker", "http://10.99.0.1:5000", "--domain", "ffmuc_welt",
 		"--private-key-file", keyFile, "--watch", "--interval", "2s", "--retries", "5", "--domain-seed", testSeed)
 	var l nodeLink
-	waitFor(t, node.name+" connected", func() bool {
+	eventually.True(t, waitTimeout, node.name+" connected", func() bool {
 		mm := connectedRE.FindStringSubmatch(p.stderr.String())
 		if mm == nil {
 			return false
@@ -283,11 +290,12 @@ func installed(gw *nsHost, key string) bool {
 func pingable(t *testing.T, from *nsHost, target string) {
 	t.Helper()
 	var out string
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	if eventually.Within(20*time.Second, func() bool {
 		var ok bool
-		if out, ok = from.try("ping", "-6", "-c", "1", "-W", "1", target); ok {
-			return
-		}
+		out, ok = from.try("ping", "-6", "-c", "1", "-W", "1", target)
+		return ok
+	}) {
+		return
 	}
 	diag, _ := from.try("sh", "-c", "wg show all; ip -6 addr; ip -6 route; bridge fdb show; ip -d link show")
 	t.Fatalf("%s cannot ping %s:\n%s\n%s", from.name, target, out, diag)
@@ -323,20 +331,20 @@ func TestEndToEnd(t *testing.T) {
 				env = append(env, "WGKEX_MQTT_USERNAME=wgkex", "WGKEX_MQTT_PASSWORD=e2e-secret")
 				m.broker.start(t, append(env[1:], "WGKEX_MQTT_LISTEN=10.99.0.1:1883"), "broker", "--config", m.cfg)
 			}
-			waitFor(t, "broker", func() bool { return strings.Contains(statusPage(t), "wgkex") })
+			eventually.True(t, waitTimeout, "broker", func() bool { return strings.Contains(statusPage(t), "wgkex") })
 
 			workers := map[*nsHost]*proc{}
 			for _, gw := range []*nsHost{m.gw1, m.gw2} {
 				gw.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820", "--domain-seed", testSeed, "--http")
-				waitFor(t, gw.name+" interfaces", func() bool { _, ok := gw.try("ip", "link", "show", "vx-welt"); return ok })
+				eventually.True(t, waitTimeout, gw.name+" interfaces", func() bool { _, ok := gw.try("ip", "link", "show", "vx-welt"); return ok })
 				workers[gw] = gw.start(t, append(env, "WGKEX_EXTERNALNAME="+gw.ip), "worker", "--config", m.cfg, "--name", gw.name)
 			}
-			waitFor(t, "both workers online with data and metrics at the broker", func() bool { return gatewaysReady(2) })
+			eventually.True(t, waitTimeout, "both workers online with data and metrics at the broker", func() bool { return gatewaysReady(2) })
 
 			_, l1 := m.connect(t, m.node1, nil)
 			gwA := m.gateway(l1.gatewayIP)
 			t.Logf("node1 -> %s", gwA.name)
-			waitFor(t, "node1's key on both gateways", func() bool { return installed(m.gw1, l1.pubkey) && installed(m.gw2, l1.pubkey) })
+			eventually.True(t, waitTimeout, "node1's key on both gateways", func() bool { return installed(m.gw1, l1.pubkey) && installed(m.gw2, l1.pubkey) })
 			pingable(t, m.node1, "fe80::1%vx-mesh")
 			pingable(t, gwA, vxlanLL(t, m.node1, "vx-mesh")+"%vx-welt")
 			// Gluon's liveness check of the gateway, answered by dummy-iface --http.
@@ -352,7 +360,7 @@ func TestEndToEnd(t *testing.T) {
 			// handshake can reset the broker's own count to 0. The pings
 			// above prove the handshake; wait out one metrics interval.
 			time.Sleep(2500 * time.Millisecond)
-			waitFor(t, "node1 counted by the broker", func() bool {
+			eventually.True(t, waitTimeout, "node1 counted by the broker", func() bool {
 				return brokerPeers(gwA.name) == 1 && brokerPeers(m.other(gwA).name) == 0
 			})
 			c2, l2 := m.connect(t, m.node2, nil)
@@ -384,18 +392,12 @@ func TestEndToEnd(t *testing.T) {
 			workers[gwA].signal(t, syscall.SIGTERM)
 			gwA.run(t, bin, "dummy-iface", "--config", m.cfg, "--delete")
 			gwA.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820", "--domain-seed", testSeed, "--http")
-			waitFor(t, "rebuilt interfaces", func() bool { _, ok := gwA.try("ip", "link", "show", "vx-welt"); return ok })
+			eventually.True(t, waitTimeout, "rebuilt interfaces", func() bool { _, ok := gwA.try("ip", "link", "show", "vx-welt"); return ok })
 			gwA.start(t, append(env, "WGKEX_EXTERNALNAME="+gwA.ip), "worker", "--config", m.cfg, "--name", gwA.name)
-			deadline := time.Now().Add(60 * time.Second)
-			for {
-				if _, ok := m.node1.try("ping", "-6", "-c", "1", "-W", "1", "fe80::1%vx-mesh"); ok {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("node1 did not reconnect after its gateway was rebuilt")
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
+			eventually.True(t, 60*time.Second, "node1 to reconnect after its gateway was rebuilt", func() bool {
+				_, ok := m.node1.try("ping", "-6", "-c", "1", "-W", "1", "fe80::1%vx-mesh")
+				return ok
+			})
 		})
 	}
 }

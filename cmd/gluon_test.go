@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freifunkMUC/wgkex/internal/eventually"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/internal/testdns"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
@@ -208,18 +209,18 @@ func TestGluonNode(t *testing.T) {
 	bus := "WGKEX_MQTT_BROKER_URL=10.99.0.1"
 	m.broker.start(t, []string{bus}, "broker", "--config", m.cfg)
 	m.gw1.start(t, nil, "dummy-iface", "--config", m.cfg, "--listen-port", "51820", "--domain-seed", testSeed, "--http")
-	waitFor(t, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
+	eventually.True(t, waitTimeout, "gw1 interfaces", func() bool { _, ok := m.gw1.try("ip", "link", "show", "vx-welt"); return ok })
 	if out := m.gw1.run(t, "ip", "-d", "link", "show", "vx-welt"); !strings.Contains(out, "vxlan id 8911352 ") {
 		t.Fatalf("gateway vx-welt does not use the seed's VNI 8911352:\n%s", out)
 	}
 	m.gw1.start(t, []string{bus, "WGKEX_EXTERNALNAME=gw1.mesh.test"}, "worker", "--config", m.cfg, "--name", "gw1")
-	waitFor(t, "gw1 online", func() bool { return gatewaysReady(1) })
+	eventually.True(t, waitTimeout, "gw1 online", func() bool { return gatewaysReady(1) })
 
 	// The node's WireGuard interface wg-node with its private key (made
 	// with dummy-iface; its vx-node and /128 address are not the node's).
 	m.node1.start(t, []string{"WGKEX_DOMAINS=ffmuc_node"}, "dummy-iface", "--config", m.cfg, "--listen-port", "51900")
 	var key string
-	waitFor(t, "node interface", func() bool {
+	eventually.True(t, waitTimeout, "node interface", func() bool {
 		out, _ := m.node1.try("wg", "show", "wg-node", "public-key")
 		key = strings.TrimSpace(out)
 		_, up := m.node1.try("ip", "link", "show", "vx-node")
@@ -238,7 +239,7 @@ func TestGluonNode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the Gluon node could not use the broker's reply: %v", err)
 	}
-	waitFor(t, "node key on gw1", func() bool { return installed(m.gw1, key) })
+	eventually.True(t, waitTimeout, "node key on gw1", func() bool { return installed(m.gw1, key) })
 	var out string
 	alive := false
 	for range 50 {

@@ -13,6 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/freifunkMUC/wgkex/internal/eventually"
 	"github.com/freifunkMUC/wgkex/internal/netns"
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
@@ -66,14 +67,8 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal) error {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
+// waitTimeout bounds waits on another process or the kernel.
+const waitTimeout = 10 * time.Second
 
 // TestWorkerBinary runs wgkex dummy-iface and wgkex worker as an operator
 // would, in a network namespace, against a real Mosquitto.
@@ -86,7 +81,7 @@ func TestWorkerBinary(t *testing.T) {
 	env := []string{"WGKEX_MQTT_BROKER_URL=" + bus.URL.Hostname(), "WGKEX_MQTT_BROKER_PORT=" + bus.URL.Port()}
 
 	dummy := start(t, nil, "dummy-iface", "--config", cfg, "--listen-port", "51999")
-	waitFor(t, "wg-welt and vx-welt", func() bool {
+	eventually.True(t, waitTimeout, "wg-welt and vx-welt", func() bool {
 		_, e1 := net.InterfaceByName("wg-welt")
 		_, e2 := net.InterfaceByName("vx-welt")
 		return e1 == nil && e2 == nil && strings.Contains(dummy.stderr.String(), "vx-welt vxlan id 99")
@@ -109,7 +104,7 @@ func TestWorkerBinary(t *testing.T) {
 	priv, _ := wgtypes.GeneratePrivateKey()
 	key := priv.PublicKey().String()
 	testbus.Publish(t, bus.URL, wgkex.KeyTopic("ffmuc_welt"), key, 1, false)
-	waitFor(t, "peer on wg-welt", func() bool {
+	eventually.True(t, waitTimeout, "peer on wg-welt", func() bool {
 		out, _ := exec.Command("wg", "show", "wg-welt", "allowed-ips").CombinedOutput()
 		return strings.Contains(string(out), key+"\t"+wgkex.LinkLocal(key).String()+"/128")
 	})
@@ -123,7 +118,7 @@ func TestWorkerBinary(t *testing.T) {
 	key2 := priv2.PublicKey().String()
 	testbus.Publish(t, bus.URL, wgkex.KeyTopic("ffmuc_welt"), key2, 1, false)
 	w = start(t, env, "worker", "--config", cfg, "--name", "gw-test")
-	waitFor(t, "key published while down", func() bool {
+	eventually.True(t, waitTimeout, "key published while down", func() bool {
 		out, _ := exec.Command("wg", "show", "wg-welt", "peers").CombinedOutput()
 		return strings.Contains(string(out), key2)
 	})

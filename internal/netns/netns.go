@@ -42,6 +42,9 @@ func Run(t testing.TB) bool {
 		}
 		return true
 	}
+	if testing.Short() {
+		t.Skip("namespace test: not run with -short")
+	}
 	if os.Geteuid() != 0 {
 		testbus.Missing(t, "needs root for network namespaces (run scripts/test.sh as root)")
 	}
