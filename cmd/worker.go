@@ -76,7 +76,7 @@ func runWorker(ctx context.Context, g *globals, name string) error {
 		mo.Subscriptions = append(mo.Subscriptions, mqtt.Subscription{Filter: wgkex.KeyFilter(d), QoS: 1})
 	}
 	mo.OnMessage = func(m mqtt.Message) { w.HandleMessage(runCtx, m.Topic, m.Payload) }
-	mo.OnReady = func(context.Context, *mqtt.Client) { w.RequestAnnounce() }
+	mo.OnReady = func(context.Context) { w.RequestAnnounce() }
 	client := mqtt.New(mo)
 	reg := newRegistry()
 

@@ -3,6 +3,7 @@
 package testbus
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -66,8 +67,9 @@ func FreePort(t testing.TB) int {
 // Mosquitto starts a mosquitto process on a free port.
 func Mosquitto(t testing.TB) *Server { return MosquittoWith(t, "") }
 
-// MosquittoWith starts mosquitto with extra lines for its listener (TLS
-// settings, say); the URL's scheme is tls when they name a certfile.
+// MosquittoWith starts mosquitto with extra configuration lines: settings
+// for its listener (TLS, say) or global ones that override the defaults
+// here. The URL's scheme is tls when they name a certfile.
 func MosquittoWith(t testing.TB, listenerConf string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("mosquitto")
@@ -84,9 +86,10 @@ func MosquittoWith(t testing.TB, listenerConf string) *Server {
 	port := FreePort(t)
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "mosquitto.conf")
-	// Generous queues: tests publish bursts to persistent sessions.
+	// Generous queues: tests publish bursts to persistent sessions. The
+	// extra lines come last, so they may override these. Information
+	// includes the line that says mosquitto is running.
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listener %d 127.0.0.1
-%s
 allow_anonymous true
 persistence false
 max_queued_messages 200000
@@ -94,12 +97,15 @@ max_inflight_messages 0
 log_dest stderr
 log_type error
 log_type warning
+log_type information
+%s
 `, port, listenerConf)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	var cmd *exec.Cmd
+	var logged chan struct{} // closed when mosquitto's log ends (it exited)
 	scheme := "mqtt"
 	if strings.Contains(listenerConf, "certfile") {
 		scheme = "tls"
@@ -107,21 +113,47 @@ log_type warning
 	s := &Server{Name: "mosquitto", URL: &url.URL{Scheme: scheme, Host: addr}}
 	s.Start = func() {
 		cmd = exec.Command(bin, "-c", conf)
-		cmd.Stderr = testWriter{t}
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start mosquitto: %v", err)
 		}
-		waitPort(t, addr)
+		running := make(chan struct{})
+		logged = make(chan struct{})
+		go func() {
+			defer close(logged)
+			said := false
+			lines := bufio.NewScanner(stderr)
+			for lines.Scan() {
+				t.Logf("mosquitto: %s", lines.Text())
+				if !said && strings.Contains(lines.Text(), " running") {
+					close(running)
+					said = true
+				}
+			}
+		}()
+		select {
+		case <-running: // it listens before it says so
+		case <-logged:
+			cmd.Wait()
+			cmd = nil
+			t.Fatalf("mosquitto exited: %s", conf)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("mosquitto not running after 10 s")
+		}
 	}
 	s.Stop = func() {
 		if cmd != nil && cmd.Process != nil {
 			cmd.Process.Kill()
+			<-logged
 			cmd.Wait()
 			cmd = nil
 		}
 	}
-	s.Start()
 	t.Cleanup(s.Stop)
+	s.Start()
 	return s
 }
 
@@ -147,27 +179,6 @@ func Embedded(t testing.TB) *Server {
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
-}
-
-func waitPort(t testing.TB, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s", addr)
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("mosquitto: %s", p)
-	return len(p), nil
 }
 
 // Quiet is a logger for tests that only shows warnings and errors.
@@ -235,10 +246,7 @@ func Publish(t testing.TB, server *url.URL, topic, payload string, qos byte, ret
 	if err := c.Publish(ctx, topic, []byte(payload), qos, retain); err != nil {
 		t.Fatal(err)
 	}
-	if qos == 0 {
-		time.Sleep(20 * time.Millisecond) // QoS 0 has no ack: let it leave
-	}
-	c.Close(ctx)
+	c.Close(ctx) // a QoS 0 message leaves before the DISCONNECT that follows it
 }
 
 // Wait receives from s until match returns true or the timeout passes.

@@ -1,6 +1,7 @@
 // Package mqtt is the MQTT v5 glue (autopaho) shared by the broker and the
 // worker: connection with TLS and credentials, reconnect with backoff,
-// subscriptions renewed on every connection, clean disconnect.
+// subscriptions renewed on every connection, publishes that fail fast when
+// the connection drops, optional manual acknowledgement, clean disconnect.
 package mqtt
 
 import (
@@ -13,14 +14,23 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session"
+	"github.com/eclipse/paho.golang/paho/session/state"
 
 	"github.com/freifunkMUC/wgkex/pkg/config"
+)
+
+const (
+	dialTimeout      = 10 * time.Second
+	subscribeTimeout = 10 * time.Second
 )
 
 // Subscription is a topic filter and its QoS.
@@ -35,6 +45,23 @@ type Message struct {
 	Payload  []byte
 	QoS      byte
 	Retained bool
+
+	ack func() error // nil unless Options.ManualAck and QoS > 0
+}
+
+// Ack acknowledges m to the server; with Options.ManualAck the server sends
+// m again (on the next connection of a persistent session) until it is
+// acknowledged. MQTT wants acknowledgements in the order the messages
+// arrived, so an Ack waits (without blocking the caller) for those of the
+// messages before m. Ack returns once the acknowledgement is queued on the
+// connection; it fails when the connection m came on is gone, and the
+// server will then send m again. Without ManualAck, and for QoS 0, Ack does
+// nothing.
+func (m Message) Ack() error {
+	if m.ack == nil {
+		return nil
+	}
+	return m.ack()
 }
 
 // Options configure a Client.
@@ -44,7 +71,9 @@ type Options struct {
 	Username  string
 	Password  string
 	Keepalive time.Duration
-	TLS       *tls.Config
+	// TLS is required for, and used only with, the TLS schemes (tls, ssl,
+	// mqtts, wss).
+	TLS *tls.Config
 
 	// Persistent keeps the session on the server across connections and
 	// restarts (clean start off, SessionExpiry), so QoS 1 messages sent
@@ -55,13 +84,25 @@ type Options struct {
 	Will *Will
 
 	Subscriptions []Subscription
-	// OnMessage gets every publication. It runs on the receive path and
-	// must return quickly: hand slow work to a goroutine of your own.
+	// OnMessage gets every publication, in the order they arrive. It runs
+	// on the receive path and must return quickly: hand slow work to a
+	// goroutine of your own.
 	OnMessage func(Message)
+	// ManualAck leaves the acknowledgement of QoS 1 and 2 messages to the
+	// receiver, which calls Message.Ack once it has taken care of a message
+	// (a worker: once the key is installed), so that a message is never
+	// acknowledged and then lost. The server sends at most ReceiveMaximum
+	// messages ahead of the acknowledgements: every message must be
+	// acknowledged eventually, or delivery stops.
+	ManualAck bool
+	// ReceiveMaximum is how many QoS 1 and 2 messages the server may send
+	// before it waits for acknowledgements (0: the server's own limit; for
+	// Mosquitto that is max_inflight_messages, 20 by default).
+	ReceiveMaximum uint16
 	// OnReady runs after each (re)connection once the subscriptions are
-	// acknowledged, in a goroutine the Client owns; ctx ends with the
-	// connection's owner.
-	OnReady func(ctx context.Context, c *Client)
+	// acknowledged, in a goroutine the Client owns; ctx ends when that
+	// connection is lost or the Client closes.
+	OnReady func(ctx context.Context)
 
 	Logger *slog.Logger
 }
@@ -74,23 +115,17 @@ type Will struct {
 	Retain  bool
 }
 
-// Client is a connection to an MQTT server that keeps itself up.
-type Client struct {
-	cm        atomic.Pointer[autopaho.ConnectionManager]
-	opts      Options
-	log       *slog.Logger
-	connected atomic.Bool
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	// Connects counts successful connections (for tests and metrics).
-	connects atomic.Int64
-}
+var (
+	// errNotConnected is returned by Publish while the connection is down,
+	// and (wrapped) when it drops before the server acknowledged a publish.
+	errNotConnected = errors.New("not connected to the MQTT server")
+	// errConnectionLost ends what waits on a connection that dropped.
+	errConnectionLost = errors.New("connection lost")
+)
 
-// ErrNotConnected is returned by Publish while the connection is down.
-var ErrNotConnected = errors.New("not connected to the MQTT server")
-
-// OptionsFromConfig fills the connection part of Options from cfg.
+// OptionsFromConfig fills the connection part of Options from cfg. It
+// refuses mqtt.tls with a plain-text server URL rather than connect without
+// TLS.
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
 	u, err := cfg.ServerURL()
 	if err != nil {
@@ -102,17 +137,28 @@ func OptionsFromConfig(cfg *config.Config) (Options, error) {
 		Password:  cfg.MQTT.Password,
 		Keepalive: time.Duration(cfg.MQTT.Keepalive) * time.Second,
 	}
-	if u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "ssl" || u.Scheme == "wss" || cfg.MQTT.TLS {
-		if o.TLS, err = TLSConfig(cfg.MQTT); err != nil {
+	if cfg.MQTT.TLS && !tlsScheme(u.Scheme) {
+		return Options{}, fmt.Errorf("mqtt.tls: true, but the MQTT server %s is plain text (use a tls://, mqtts://, ssl:// or wss:// URL, or a bare host name)", u.Redacted())
+	}
+	if tlsScheme(u.Scheme) {
+		if o.TLS, err = tlsConfig(cfg.MQTT); err != nil {
 			return Options{}, err
 		}
 	}
 	return o, nil
 }
 
-// TLSConfig builds the client TLS settings: the system roots, plus ca_file
+func tlsScheme(scheme string) bool {
+	switch strings.ToLower(scheme) {
+	case "tls", "ssl", "mqtts", "wss":
+		return true
+	}
+	return false
+}
+
+// tlsConfig builds the client TLS settings: the system roots, plus ca_file
 // for a private CA, plus a client certificate when cert_file/key_file are set.
-func TLSConfig(m config.MQTT) (*tls.Config, error) {
+func tlsConfig(m config.MQTT) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if m.CAFile != "" {
 		pool, err := x509.SystemCertPool()
@@ -138,23 +184,53 @@ func TLSConfig(m config.MQTT) (*tls.Config, error) {
 	return tc, nil
 }
 
-// Connect is New followed by Start.
-func Connect(ctx context.Context, o Options) (*Client, error) {
-	c := New(o)
-	if err := c.Start(ctx); err != nil {
-		return nil, err
-	}
-	return c, nil
+// Client is a connection to an MQTT server that keeps itself up.
+type Client struct {
+	opts Options
+	log  *slog.Logger
+	// session is the MQTT session state, which outlives connections;
+	// manual acknowledgements go to it directly.
+	session *state.State
+
+	ctx  context.Context // ends with Close
+	stop context.CancelFunc
+	wg   sync.WaitGroup // OnReady goroutines
+
+	mu       sync.Mutex
+	cm       *autopaho.ConnectionManager
+	conn     *connection   // the latest connection (perhaps already lost)
+	changed  chan struct{} // closed and replaced when conn or its state changes
+	connects int           // connections that came up (for tests)
+}
+
+// connection is one network connection and what hangs off it: its context
+// ends when the connection is lost, which ends its publishes waiting for an
+// acknowledgement, its OnReady, and its message acknowledgements, so none
+// of them can act on a later connection.
+type connection struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	net    *coalescingConn
+	up     bool // CONNACK received (guarded by Client.mu)
+	ready  bool // subscribed (guarded by Client.mu)
+
+	ackMu   sync.Mutex
+	unacked []*inbound // ManualAck: received QoS 1/2 messages, oldest first, until acknowledged in order
+}
+
+type inbound struct {
+	pkt   *packets.Publish
+	acked bool
 }
 
 // New makes a Client without connecting it, so that the Client can be
 // handed to whatever its OnMessage feeds before the first message arrives.
-// Publish fails with ErrNotConnected until Start.
+// Publish fails until Start.
 func New(o Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{opts: o, log: o.Logger}
+	c := &Client{opts: o, log: o.Logger, session: state.NewInMemory(), changed: make(chan struct{})}
 	if o.Server != nil {
 		c.log = o.Logger.With("mqtt", o.Server.Redacted())
 	}
@@ -162,47 +238,45 @@ func New(o Options) *Client {
 }
 
 // Start starts the connection manager. It returns at once; the connection
-// comes up (and is retried with backoff) in the background until Close. Use
-// AwaitConnection to wait for it. Call Start once.
+// comes up (and is retried with backoff) in the background until Close or
+// until ctx ends. Use AwaitConnection to wait for it. Call Start once.
 func (c *Client) Start(ctx context.Context) error {
 	o := c.opts
 	if o.Server == nil {
 		return errors.New("mqtt: no server URL")
 	}
-	if c.cm.Load() != nil {
+	if o.TLS != nil && !tlsScheme(o.Server.Scheme) {
+		return fmt.Errorf("mqtt: TLS settings given, but %s is a plain-text URL", o.Server.Redacted())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx != nil {
 		return errors.New("mqtt: client already started")
 	}
-	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.ctx, c.stop = context.WithCancel(ctx)
 
-	keepalive := uint16(o.Keepalive / time.Second)
+	var sess session.SessionManager = c.session
+	if o.ManualAck {
+		sess = manualAcks{c.session}
+	}
 	cfg := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{o.Server},
-		TlsCfg:                        o.TLS,
-		KeepAlive:                     keepalive,
+		KeepAlive:                     uint16(o.Keepalive / time.Second),
 		CleanStartOnInitialConnection: !o.Persistent,
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(250*time.Millisecond, 30*time.Second, time.Second, 2),
-		ConnectTimeout:                10 * time.Second,
+		ConnectTimeout:                dialTimeout,
 		ConnectUsername:               o.Username,
+		AttemptConnection:             c.dial,
 		OnConnectionUp:                c.onUp,
-		OnConnectionDown: func() bool {
-			c.connected.Store(false)
-			c.log.Warn("MQTT connection lost, reconnecting")
-			return true
-		},
+		OnConnectionDown:              c.onDown,
 		OnConnectError: func(err error) {
 			c.log.Warn("MQTT connect failed", "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
-			ClientID: o.ClientID,
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-				func(pr paho.PublishReceived) (bool, error) {
-					if o.OnMessage != nil && pr.Packet != nil {
-						o.OnMessage(Message{Topic: pr.Packet.Topic, Payload: pr.Packet.Payload, QoS: pr.Packet.QoS, Retained: pr.Packet.Retain})
-					}
-					return true, nil
-				},
-			},
-			OnClientError: func(err error) { c.log.Debug("MQTT client error", "err", err) },
+			ClientID:          o.ClientID,
+			Session:           sess,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.received},
+			OnClientError:     func(err error) { c.log.Debug("MQTT client error", "err", err) },
 			OnServerDisconnect: func(d *paho.Disconnect) {
 				reason := ""
 				if d.Properties != nil {
@@ -215,95 +289,276 @@ func (c *Client) Start(ctx context.Context) error {
 	if o.Password != "" {
 		cfg.ConnectPassword = []byte(o.Password)
 	}
-	if dial := dialer(o.Server.Scheme, o.TLS); dial != nil {
-		cfg.AttemptConnection = func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			return dial(ctx, u.Host)
-		}
-	}
 	if o.Persistent {
 		cfg.SessionExpiryInterval = uint32(o.SessionExpiry / time.Second)
+	}
+	if o.ReceiveMaximum > 0 {
+		rm := o.ReceiveMaximum
+		cfg.ConnectPacketBuilder = func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if cp.Properties == nil {
+				cp.Properties = &paho.ConnectProperties{}
+			}
+			cp.Properties.ReceiveMaximum = &rm
+			return cp, nil
+		}
 	}
 	if o.Will != nil {
 		cfg.WillMessage = &paho.WillMessage{Topic: o.Will.Topic, Payload: o.Will.Payload, QoS: o.Will.QoS, Retain: o.Will.Retain}
 	}
 	cm, err := autopaho.NewConnection(c.ctx, cfg)
 	if err != nil {
-		c.cancel()
+		c.stop()
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	c.cm.Store(cm)
+	c.cm = cm
 	return nil
+}
+
+// notifyLocked wakes everyone waiting for a change. c.mu is held.
+func (c *Client) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// dial opens each connection autopaho asks for (one at a time), and starts
+// the connection's life.
+func (c *Client) dial(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+	c.mu.Lock()
+	prev := c.conn
+	c.mu.Unlock()
+	if prev != nil {
+		prev.retire()
+	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	conn := &connection{}
+	conn.ctx, conn.cancel = context.WithCancel(c.ctx)
+	nc, err := dial(ctx, u, c.opts.TLS, func() { c.lost(conn) })
+	if err != nil {
+		conn.cancel()
+		return nil, err
+	}
+	conn.net = nc
+	c.mu.Lock()
+	c.conn = conn
+	c.notifyLocked()
+	c.mu.Unlock()
+	return nc, nil
+}
+
+// lost ends conn: whatever waits on it gives up.
+func (c *Client) lost(conn *connection) {
+	conn.cancel()
+	c.mu.Lock()
+	if c.conn == conn {
+		c.notifyLocked()
+	}
+	c.mu.Unlock()
+}
+
+// retire makes sure that no acknowledgement of conn's is still being
+// written when the next connection takes over the session.
+func (conn *connection) retire() {
+	conn.cancel()
+	conn.ackMu.Lock()
+	conn.unacked = nil
+	conn.ackMu.Unlock()
 }
 
 // onUp must not block: subscribing waits for the SUBACK, so it runs in a
-// goroutine the Client owns.
+// goroutine the Client owns, tied to this connection.
 func (c *Client) onUp(cm *autopaho.ConnectionManager, ack *paho.Connack) {
-	c.connects.Add(1)
+	c.mu.Lock()
+	conn := c.conn
+	conn.up = true
+	c.connects++
+	c.notifyLocked()
+	c.mu.Unlock()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if len(c.opts.Subscriptions) > 0 {
-			sub := &paho.Subscribe{}
-			for _, s := range c.opts.Subscriptions {
-				sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: s.Filter, QoS: s.QoS})
-			}
-			ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
-			suback, err := cm.Subscribe(ctx, sub)
-			cancel()
-			if err != nil {
-				c.log.Error("MQTT subscribe failed; reconnecting", "err", err)
-				cm.TerminateConnectionForTest() // drop the connection so the next one subscribes again
-				return
-			}
-			for i, code := range suback.Reasons {
-				if code >= 0x80 && i < len(c.opts.Subscriptions) {
-					c.log.Error("MQTT server refused subscription", "filter", c.opts.Subscriptions[i].Filter, "code", code)
-				}
-			}
-		}
-		c.connected.Store(true)
-		c.log.Info("MQTT connected", "session_present", ack.SessionPresent)
-		if c.opts.OnReady != nil {
-			c.opts.OnReady(c.ctx, c)
-		}
+		c.subscribe(cm, conn, ack)
 	}()
 }
 
-// AwaitConnection waits until the connection is up and subscribed.
-func (c *Client) AwaitConnection(ctx context.Context) error {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for !c.connected.Load() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for MQTT connection to %s: %w", c.opts.Server.Redacted(), ctx.Err())
-		case <-t.C:
+func (c *Client) subscribe(cm *autopaho.ConnectionManager, conn *connection, ack *paho.Connack) {
+	if len(c.opts.Subscriptions) > 0 {
+		sub := &paho.Subscribe{}
+		for _, s := range c.opts.Subscriptions {
+			sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: s.Filter, QoS: s.QoS})
+		}
+		ctx, cancel := context.WithTimeout(conn.ctx, subscribeTimeout)
+		suback, err := cm.Subscribe(ctx, sub)
+		cancel()
+		if conn.ctx.Err() != nil {
+			return // the next connection subscribes again
+		}
+		refused := false
+		if suback != nil {
+			for i, code := range suback.Reasons {
+				if code >= 0x80 && i < len(c.opts.Subscriptions) {
+					c.log.Error("MQTT server refused subscription", "filter", c.opts.Subscriptions[i].Filter, "code", code)
+					refused = true
+				}
+			}
+		}
+		if err != nil || refused {
+			// Not ready without every subscription: try again on a new
+			// connection.
+			c.log.Error("MQTT subscribe failed; reconnecting", "err", err)
+			conn.net.abort()
+			return
 		}
 	}
+	c.mu.Lock()
+	current := c.conn == conn && conn.ctx.Err() == nil
+	if current {
+		conn.ready = true
+		c.notifyLocked()
+	}
+	c.mu.Unlock()
+	if !current {
+		return
+	}
+	// The server's receive maximum bounds the QoS 1 publishes awaiting
+	// acknowledgement (Mosquitto: max_inflight_messages, 20 by default);
+	// more wait for a slot.
+	inflight := "unlimited"
+	if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
+		inflight = strconv.Itoa(int(*ack.Properties.ReceiveMaximum))
+	}
+	c.log.Info("MQTT connected", "session_present", ack.SessionPresent, "server_receive_maximum", inflight)
+	if c.opts.OnReady != nil {
+		c.opts.OnReady(conn.ctx)
+	}
+}
+
+// onDown runs once autopaho has shut the lost connection down; the
+// connection has normally ended itself already when its reader failed.
+func (c *Client) onDown() bool {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		c.lost(conn)
+	}
+	c.log.Warn("MQTT connection lost, reconnecting")
+	return true
+}
+
+// received hands a publication to OnMessage. paho calls it for one
+// connection at a time, in the order the messages arrived.
+func (c *Client) received(pr paho.PublishReceived) (bool, error) {
+	p := pr.Packet
+	m := Message{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS, Retained: p.Retain}
+	if c.opts.ManualAck && p.QoS > 0 {
+		c.mu.Lock()
+		conn := c.conn // the one paho reads from: the next is dialled only after this one shut down
+		c.mu.Unlock()
+		in := &inbound{pkt: p.Packet()}
+		conn.ackMu.Lock()
+		conn.unacked = append(conn.unacked, in)
+		conn.ackMu.Unlock()
+		m.ack = func() error { return conn.ack(c.session, in) }
+	}
+	if c.opts.OnMessage == nil {
+		return true, m.Ack()
+	}
+	c.opts.OnMessage(m)
+	return true, nil
+}
+
+// ack marks in acknowledged and sends the acknowledgements that are due:
+// MQTT requires them in the order the messages arrived [MQTT-4.6.0-2].
+func (conn *connection) ack(s *state.State, in *inbound) error {
+	conn.ackMu.Lock()
+	defer conn.ackMu.Unlock()
+	if conn.ctx.Err() != nil {
+		return fmt.Errorf("acknowledge: connection lost, the server will send the message again: %w", errNotConnected)
+	}
+	in.acked = true
+	n := 0
+	for _, m := range conn.unacked {
+		if !m.acked {
+			break
+		}
+		if err := s.Ack(m.pkt); err != nil {
+			conn.unacked = conn.unacked[n:]
+			return fmt.Errorf("acknowledge: %w", err)
+		}
+		n++
+	}
+	conn.unacked = conn.unacked[n:]
 	return nil
 }
 
-// Connected reports whether the connection is up and subscribed.
-func (c *Client) Connected() bool { return c.connected.Load() }
+// manualAcks is the session state without the acknowledgement paho sends
+// once OnPublishReceived returns: with ManualAck, Message.Ack sends it.
+// (paho's own EnableManualAcknowledgment sends acknowledgements from a
+// 50 ms ticker and drops those still pending when the connection closes,
+// so a caller could never tell when an acknowledgement has left.)
+type manualAcks struct{ *state.State }
 
-// Connects is the number of successful connections so far.
-func (c *Client) Connects() int64 { return c.connects.Load() }
+func (manualAcks) Ack(*packets.Publish) error { return nil }
+
+// AwaitConnection waits until the connection is up and subscribed.
+func (c *Client) AwaitConnection(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		ready := c.readyLocked()
+		closed := c.ctx != nil && c.ctx.Err() != nil
+		changed := c.changed
+		c.mu.Unlock()
+		if ready {
+			return nil
+		}
+		if closed {
+			return fmt.Errorf("waiting for MQTT connection to %s: client closed", c.opts.Server.Redacted())
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for MQTT connection to %s: %w", c.opts.Server.Redacted(), ctx.Err())
+		}
+	}
+}
+
+func (c *Client) readyLocked() bool {
+	return c.conn != nil && c.conn.ready && c.conn.ctx.Err() == nil
+}
+
+// Connected reports whether the connection is up and subscribed.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readyLocked()
+}
 
 // Publish sends one message and, for QoS 1 and 2, waits for the server's
-// acknowledgement. It fails fast with ErrNotConnected while the
-// connection is down instead of queueing, so callers can tell their users.
+// acknowledgement. It fails at once while the connection is down instead
+// of queueing, and as soon as the connection drops while it waits, so
+// callers can tell their users. (A QoS 1 message that was sent before the
+// drop may still reach the server, when a persistent session sends it
+// again on the next connection.)
 func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	cm := c.cm.Load()
-	if cm == nil {
-		return ErrNotConnected
+	c.mu.Lock()
+	cm, conn := c.cm, c.conn
+	up := conn != nil && conn.up
+	c.mu.Unlock()
+	if cm == nil || !up || conn.ctx.Err() != nil {
+		return errNotConnected
 	}
-	resp, err := cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
-	if errors.Is(err, autopaho.ConnectionDownError) {
-		return ErrNotConnected
-	}
-	if err != nil {
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(conn.ctx, func() { cancel(errConnectionLost) })()
+	resp, err := cm.Publish(pctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+	switch {
+	case err == nil:
+	case errors.Is(context.Cause(pctx), errConnectionLost):
+		return fmt.Errorf("publish to %s: %w before the server acknowledged: %w", topic, errConnectionLost, errNotConnected)
+	case errors.Is(err, autopaho.ConnectionDownError), errors.Is(err, session.ErrNoConnection):
+		return errNotConnected
+	default:
 		return fmt.Errorf("publish to %s: %w", topic, err)
 	}
 	if resp != nil && resp.ReasonCode >= 0x80 {
@@ -315,21 +570,40 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 // Close disconnects cleanly (sending DISCONNECT, so no will is published)
 // and waits for every goroutine of the Client, bounded by ctx.
 func (c *Client) Close(ctx context.Context) error {
-	cm := c.cm.Load()
+	c.mu.Lock()
+	cm := c.cm
+	c.mu.Unlock()
 	if cm == nil {
 		return nil
 	}
 	err := cm.Disconnect(ctx)
-	c.cancel()
-	c.wg.Wait()
-	c.connected.Store(false)
+	c.stop()
+	c.mu.Lock()
+	c.notifyLocked() // AwaitConnection gives up
+	c.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		<-cm.Done() // no OnReady starts after this
+		c.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
 	return err
 }
 
 // Kill drops the connection without DISCONNECT, as a crash would, so the
-// server publishes the will. For tests.
+// server publishes the will. The client then reconnects.
 func (c *Client) Kill() {
-	if cm := c.cm.Load(); cm != nil {
-		cm.TerminateConnectionForTest()
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil && conn.net != nil {
+		conn.net.abort()
 	}
 }

@@ -92,7 +92,7 @@ func (h *host) startWorker(t testing.TB, name string, clk *clock) *runningWorker
 		Persistent: true, SessionExpiry: 24 * time.Hour, Logger: testbus.Quiet(),
 		Will:          &mqtt.Will{Topic: wgkex.StatusTopic(name), Payload: []byte("0"), QoS: 1, Retain: true},
 		OnMessage:     func(m mqtt.Message) { w.HandleMessage(ctx, m.Topic, m.Payload) },
-		OnReady:       func(context.Context, *mqtt.Client) { w.RequestAnnounce() },
+		OnReady:       func(context.Context) { w.RequestAnnounce() },
 		Subscriptions: []mqtt.Subscription{{Filter: wgkex.KeyFilter(domain), QoS: 1}}}
 	client := mqtt.New(o)
 	w = worker.New(worker.Options{
@@ -467,7 +467,7 @@ func TestRepair(t *testing.T) {
 	if err := h.k.DeleteLink(ifs.VXLAN); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.k.CreateVXLAN(kernel.VXLAN{Name: ifs.VXLAN, ID: dummyiface.VXLANID, Local: h.gw.LinkAddress, Dev: wgi}); err != nil {
+	if err := h.k.CreateVXLAN(kernel.VXLAN{Name: ifs.VXLAN, ID: wgkex.DefaultVXLANID, Local: h.gw.LinkAddress, Dev: wgi}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "FDB restored on the new vx-X", 5*time.Second, func() bool { return h.installed(t, k1) && h.installed(t, k2) })
