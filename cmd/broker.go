@@ -2,12 +2,12 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"net"
-	"net/http"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -83,6 +83,9 @@ func runBroker(ctx context.Context, g *globals) error {
 		Registry:  reg,
 		Gatherer:  reg,
 		Connected: client.Connected,
+		// Until pkg/config has broker.known_workers_only: on when workers are listed.
+		KnownWorkers:     slices.Sorted(maps.Keys(cfg.Workers)),
+		KnownWorkersOnly: len(cfg.Workers) > 0,
 	})
 	if err := client.Start(ctx); err != nil {
 		return err
@@ -103,28 +106,6 @@ func runBroker(ctx context.Context, g *globals) error {
 	}
 	cancel()
 
-	srv := &http.Server{
-		Handler:           b,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	log.Info("broker listening", "addr", ln.Addr().String(), "domains", cfg.Domains)
-
-	select {
-	case err := <-errc:
-		return fmt.Errorf("http server: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down")
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("HTTP shutdown", "err", err)
-	}
-	return nil
+	return b.Serve(ctx, ln)
 }

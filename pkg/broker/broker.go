@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +49,21 @@ type Options struct {
 	// Connected reports whether the MQTT connection is up (for /readyz and
 	// the status page); nil means always.
 	Connected func() bool
+
+	// KnownWorkers are the workers listed in the configuration (workers:),
+	// compared case-insensitively: their state is always kept, however many
+	// other names appear on the bus.
+	KnownWorkers []string
+	// KnownWorkersOnly ignores (and counts) messages from workers not in
+	// KnownWorkers, so made-up names on the bus change nothing.
+	KnownWorkersOnly bool
+	// WorkerExpiry: an unlisted worker that cannot be chosen (offline, or
+	// without a data message) is forgotten this long after its last message
+	// (0: DefaultWorkerExpiry). It announces itself again when it returns.
+	WorkerExpiry time.Duration
+	// MaxConnections bounds the HTTP connections Serve keeps open at once
+	// (0: DefaultMaxConnections; negative: no bound).
+	MaxConnections int
 }
 
 // Broker serves the key exchange API. Create it with New.
@@ -60,7 +77,17 @@ type Broker struct {
 	state   *State
 	mux     *http.ServeMux
 	metrics *metrics
+	limits  limitMetrics
 	isUp    func() bool
+	now     func() time.Time
+	maxConn int
+	open    atomic.Int64 // HTTP connections open now (Serve)
+
+	// Messages from workers the table does not take are logged at most
+	// once per ignoredLogGap, with the count since.
+	ignoredMu     sync.Mutex
+	ignoredLogged time.Time
+	ignoredSince  int
 }
 
 // New makes a Broker.
@@ -74,6 +101,12 @@ func New(o Options) *Broker {
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = 5 * time.Second
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = DefaultMaxConnections
+	}
 	b := &Broker{
 		domains: make(map[string]bool, len(o.Domains)),
 		names:   append([]string(nil), o.Domains...),
@@ -81,11 +114,21 @@ func New(o Options) *Broker {
 		qos:     o.KeyQoS,
 		timeout: o.PublishTimeout,
 		log:     o.Logger,
-		state:   NewState(o.Weight, o.Now),
+		state: newState(stateConfig{weight: o.Weight, now: o.Now, listed: o.KnownWorkers,
+			knownOnly: o.KnownWorkersOnly, expiry: o.WorkerExpiry}),
 		mux:     http.NewServeMux(),
 		isUp:    o.Connected,
+		now:     o.Now,
+		maxConn: o.MaxConnections,
 	}
 	b.metrics = newMetrics(o.Registry, b)
+	registerLimitMetrics(o.Registry, b)
+	switch {
+	case o.KnownWorkersOnly && len(o.KnownWorkers) == 0:
+		b.log.Warn("known_workers_only is set but no workers are listed: every worker is ignored")
+	case o.KnownWorkersOnly:
+		b.log.Info("only the workers listed under workers are used (known_workers_only)", "workers", o.KnownWorkers)
+	}
 	for _, d := range o.Domains {
 		b.domains[d] = true
 	}
@@ -187,7 +230,7 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		case err != nil:
-			b.log.Error("no data from chosen gateway", "domain", req.Domain, "worker", choice.Worker)
+			b.log.Error("gateways online but none has sent its data message", "domain", req.Domain)
 			writeError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
@@ -269,13 +312,29 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 	}
 }
 
+// ignoredLogGap spaces out the log lines about ignored workers: a flood of
+// made-up names must not become a flood of log lines.
+const ignoredLogGap = time.Minute
+
 // keep logs a state update the State refused; it reports whether it took.
 func (b *Broker) keep(topic string, err error) bool {
-	if err != nil {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, ErrUnlistedWorker), errors.Is(err, ErrTooManyWorkers):
+		b.log.Debug("dropping MQTT message", "topic", topic, "err", err)
+		b.ignoredMu.Lock()
+		defer b.ignoredMu.Unlock()
+		b.ignoredSince++
+		if now := b.now(); b.ignoredLogged.IsZero() || now.Sub(b.ignoredLogged) >= ignoredLogGap {
+			b.log.Warn("ignoring MQTT messages from workers the broker does not keep (see wgkex_broker_worker_messages_ignored_total)",
+				"topic", topic, "err", err, "ignored_since_last_line", b.ignoredSince)
+			b.ignoredLogged, b.ignoredSince = now, 0
+		}
+	default:
 		b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
-		return false
 	}
-	return true
+	return false
 }
 
 type errorBody struct {

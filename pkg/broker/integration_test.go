@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/broker"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
@@ -22,6 +24,12 @@ const nodeKey = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 // startBroker runs a Broker on a real MQTT connection behind a real HTTP server.
 func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*broker.Broker, *httptest.Server) {
 	t.Helper()
+	return startBrokerWith(t, server, weights, nil)
+}
+
+// startBrokerWith is startBroker with more options set by more.
+func startBrokerWith(t testing.TB, server *url.URL, weights map[string]int, more func(*broker.Options)) (*broker.Broker, *httptest.Server) {
+	t.Helper()
 	var b *broker.Broker
 	o := mqtt.Options{Server: server, ClientID: fmt.Sprintf("broker-%d", time.Now().UnixNano()), Keepalive: 5 * time.Second, Logger: testbus.Quiet(),
 		OnMessage: func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }}
@@ -29,7 +37,7 @@ func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*broker
 		o.Subscriptions = append(o.Subscriptions, mqtt.Subscription{Filter: f, QoS: 1})
 	}
 	client := mqtt.New(o)
-	b = broker.New(broker.Options{
+	bo := broker.Options{
 		Domains: []string{"ffmuc_welt", "ffmuc_nord"},
 		Weight: func(w string) int {
 			if n, ok := weights[w]; ok {
@@ -41,7 +49,11 @@ func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*broker
 		KeyQoS:         1,
 		PublishTimeout: 2 * time.Second,
 		Logger:         testbus.Quiet(),
-	})
+	}
+	if more != nil {
+		more(&bo)
+	}
+	b = broker.New(bo)
 	testbus.Start(t, client)
 	hs := httptest.NewServer(b)
 	t.Cleanup(hs.Close)
@@ -200,6 +212,69 @@ func TestBrokerOnRealBus(t *testing.T) {
 					t.Errorf("v2 with bus down: %d %v", code, m)
 				}
 			})
+		})
+	}
+}
+
+// Made-up worker names retained on the bus come back whenever the broker
+// (re)starts: they must neither displace a listed gateway nor make v2 fail,
+// and the broker's table stays bounded.
+func TestRetainedJunkAtStart(t *testing.T) {
+	const junk = 5000
+	for _, kind := range testbus.Kinds {
+		t.Run(kind.Name, func(t *testing.T) {
+			srv := kind.Start(t)
+			pub := testbus.Connect(t, mqtt.Options{Server: srv.URL, ClientID: "junk", Keepalive: 5 * time.Second})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i := range junk {
+				name := fmt.Sprintf("junk%04d", i)
+				pub.Publish(ctx, wgkex.StatusTopic(name), []byte("1"), 0, true)
+				pub.Publish(ctx, wgkex.ConnectedPeersTopic("ffmuc_welt", name), []byte("0"), 0, true)
+			}
+			// In order after the junk, and acknowledged: all of it is retained.
+			announce(t, srv.URL, "gw1", "ffmuc_welt", 40001, 50)
+
+			for _, knownOnly := range []bool{false, true} {
+				t.Run(fmt.Sprintf("known_workers_only=%v", knownOnly), func(t *testing.T) {
+					reg := prometheus.NewRegistry()
+					b, hs := startBrokerWith(t, srv.URL, nil, func(o *broker.Options) {
+						o.KnownWorkers, o.KnownWorkersOnly, o.Registry, o.Gatherer = []string{"GW1"}, knownOnly, reg, reg
+					})
+					ignored := func() float64 {
+						fams, err := reg.Gather()
+						if err != nil {
+							t.Fatal(err)
+						}
+						n := 0.0
+						for _, f := range fams {
+							if f.GetName() == "wgkex_broker_worker_messages_ignored_total" {
+								for _, m := range f.GetMetric() {
+									n += m.GetCounter().GetValue()
+								}
+							}
+						}
+						return n
+					}
+					// Every junk message taken or counted, and gw1 ready.
+					want := 2.0 * (junk - 4096)
+					if knownOnly {
+						want = 2 * junk
+					}
+					eventually(t, "the retained state", func() bool {
+						w, ok := b.State().Best("ffmuc_welt")
+						return ok && w == "gw1" && ignored() == want
+					})
+					if n := len(b.State().Snapshot()); knownOnly && n != 1 || n > 1+4096 {
+						t.Errorf("%d workers in the table", n)
+					}
+					for range 3 {
+						if code, m := post(t, hs.URL, "/api/v2/wg/key/exchange", "ffmuc_welt", nodeKey); code != 200 || port(m) != "40001" {
+							t.Fatalf("v2 with junk on the bus: %d %v", code, m)
+						}
+					}
+				})
+			}
 		})
 	}
 }

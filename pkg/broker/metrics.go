@@ -55,16 +55,21 @@ var (
 	descPeers  = prometheus.NewDesc("wgkex_broker_worker_connected_peers",
 		"connected_peers as last reported (plus the broker's own count since), by worker and domain.", []string{"worker", "domain"}, nil)
 	descWorkerUp = prometheus.NewDesc("wgkex_broker_worker_online", "1 when the worker's last status was online.", []string{"worker"}, nil)
+	descGateways = prometheus.NewDesc("wgkex_broker_domain_gateways",
+		"Gateways v2 can hand out for the domain now: online, serving it (connected_peers >= 0) and with its data message (0: v2 answers 400 or 500).",
+		[]string{"domain"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descOnline
 	ch <- descPeers
 	ch <- descWorkerUp
+	ch <- descGateways
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	online := 0
+	gateways := make(map[string]int, len(c.b.domains))
 	for _, w := range c.b.state.Snapshot() {
 		if w.Online {
 			online++
@@ -72,9 +77,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWorkerUp, prometheus.GaugeValue, boolFloat(w.Online), w.Name)
 		for d, n := range w.Peers {
 			ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), w.Name, d)
+			// The candidates of State.Choose.
+			if _, ok := w.Data[d]; ok && w.Online && n >= 0 && w.Weight > 0 {
+				gateways[d]++
+			}
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descOnline, prometheus.GaugeValue, float64(online))
+	// Every configured domain, so that "none" is a 0 an alert can see;
+	// once each, as a repeated series would fail the whole scrape.
+	for d := range c.b.domains {
+		ch <- prometheus.MustNewConstMetric(descGateways, prometheus.GaugeValue, float64(gateways[d]), d)
+	}
 }
 
 func boolFloat(b bool) float64 {

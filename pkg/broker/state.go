@@ -2,7 +2,9 @@ package broker
 
 import (
 	"errors"
+	"math"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,48 +17,145 @@ var (
 	ErrNoGatewayData = errors.New("could not get gateway data")
 )
 
-// MaxWorkers bounds how many worker names the broker keeps state for, so
-// that a client on the bus cannot grow it without limit with made-up names.
-const MaxWorkers = 4096
+// Why a message from the bus left the worker table unchanged.
+var (
+	ErrUnlistedWorker = errors.New("worker is not listed under workers (known_workers_only); ignoring it")
+	ErrTooManyWorkers = errors.New("too many unlisted workers known; ignoring a new one")
+)
 
-// ErrTooManyWorkers is returned for a new worker beyond MaxWorkers.
-var ErrTooManyWorkers = errors.New("too many workers known; ignoring a new one")
+// maxUnlisted bounds how many workers not listed under workers: the broker
+// keeps state for, so that made-up names on the bus cannot grow it without
+// limit. Listed workers always have a place besides these.
+const maxUnlisted = 4096
+
+// DefaultWorkerExpiry is how long an unlisted worker that cannot be chosen
+// (offline, or without a data message) is kept after its last message.
+const DefaultWorkerExpiry = 10 * time.Minute
+
+// minSweepGap spaces out scans of the table for expired workers, so that a
+// flood of new names cannot make every message a scan of the whole table.
+const minSweepGap = time.Second
 
 // State is what the broker knows of the workers from the bus. It is safe for
 // concurrent use.
+//
+// Worker names are compared case-insensitively (they are host names), so the
+// table is keyed by the lower-cased name. Workers listed in the configuration
+// are always kept. Unlisted ones share maxUnlisted places; one that cannot be
+// chosen and has been silent for the expiry time is forgotten, and a new name
+// finds no place while all are taken by others (docs/protocol.md §3.3).
 type State struct {
-	mu      sync.Mutex
-	workers map[string]*workerState
-	weight  func(worker string) int
-	now     func() time.Time
+	mu        sync.Mutex
+	workers   map[string]*workerState // lower-cased name -> state
+	unlisted  int                     // entries not listed in the configuration
+	listed    map[string]bool         // lower-cased configured names
+	knownOnly bool
+	budget    int
+	expiry    time.Duration
+	nextSweep time.Time
+	weight    func(worker string) int
+	now       func() time.Time
+
+	ignoredUnlisted, ignoredFull, evicted uint64
 }
 
 type workerState struct {
+	name     string // as first heard, for display
+	listed   bool
 	online   bool
 	peers    map[string]int // domain -> connected_peers; absent = not serving
 	data     map[string]wgkex.WorkerData
 	lastSeen time.Time
 }
 
-// NewState makes an empty state. weight gives a worker's configured weight.
-func NewState(weight func(worker string) int, now func() time.Time) *State {
-	if now == nil {
-		now = time.Now
-	}
-	return &State{workers: map[string]*workerState{}, weight: weight, now: now}
+// usable reports whether the worker could be handed out for some domain.
+func (w *workerState) usable() bool { return w.online && len(w.data) > 0 }
+
+// stateConfig configures a State; zero values take the defaults.
+type stateConfig struct {
+	weight    func(worker string) int
+	now       func() time.Time
+	listed    []string
+	knownOnly bool
+	expiry    time.Duration
+	budget    int
 }
 
+func newState(c stateConfig) *State {
+	if c.weight == nil {
+		c.weight = func(string) int { return 1 }
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.expiry <= 0 {
+		c.expiry = DefaultWorkerExpiry
+	}
+	if c.budget <= 0 {
+		c.budget = maxUnlisted
+	}
+	s := &State{workers: map[string]*workerState{}, listed: map[string]bool{}, knownOnly: c.knownOnly,
+		budget: c.budget, expiry: c.expiry, weight: c.weight, now: c.now}
+	for _, n := range c.listed {
+		s.listed[strings.ToLower(n)] = true
+	}
+	return s
+}
+
+// worker finds or admits the entry for name and marks it as just heard.
 func (s *State) worker(name string) (*workerState, error) {
-	w := s.workers[name]
+	now := s.now()
+	s.sweep(now)
+	key := strings.ToLower(name)
+	w := s.workers[key]
 	if w == nil {
-		if len(s.workers) >= MaxWorkers {
+		listed := s.listed[key]
+		switch {
+		case listed:
+		case s.knownOnly:
+			s.ignoredUnlisted++
+			return nil, ErrUnlistedWorker
+		case s.unlisted >= s.budget: // the sweep above made what room there is
+			s.ignoredFull++
 			return nil, ErrTooManyWorkers
 		}
-		w = &workerState{peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
-		s.workers[name] = w
+		w = &workerState{name: name, listed: listed, peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
+		s.workers[key] = w
+		if !listed {
+			s.unlisted++
+		}
 	}
-	w.lastSeen = s.now()
+	w.lastSeen = now
 	return w, nil
+}
+
+// sweep forgets the unlisted workers that cannot be chosen and have been
+// silent for the expiry time. It scans only when one of them can have
+// expired since the last scan (lastSeen only moves forward, and new entries
+// are younger), and at most once per minSweepGap.
+func (s *State) sweep(now time.Time) {
+	if now.Before(s.nextSweep) {
+		return
+	}
+	oldest := now
+	for key, w := range s.workers {
+		if w.listed {
+			continue
+		}
+		if now.Sub(w.lastSeen) >= s.expiry && !w.usable() {
+			delete(s.workers, key)
+			s.unlisted--
+			s.evicted++
+			continue
+		}
+		if w.lastSeen.Before(oldest) {
+			oldest = w.lastSeen
+		}
+	}
+	s.nextSweep = oldest.Add(s.expiry)
+	if gap := now.Add(minSweepGap); s.nextSweep.Before(gap) {
+		s.nextSweep = gap
+	}
 }
 
 // SetOnline records a worker's status message.
@@ -113,62 +212,82 @@ type Choice struct {
 // Choose picks the gateway for a new peer on domain (docs/protocol.md §4) and
 // counts the peer for it, so a burst of requests spreads out before the
 // next metrics message corrects the count.
+//
+// A worker without a data message for domain cannot be handed out and is no
+// candidate. ErrNoGateway: no worker online serves domain; ErrNoGatewayData:
+// some do, but none of them has sent its data message for it.
 func (s *State) Choose(domain string) (Choice, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	name, ok := s.best(domain)
-	if !ok {
-		return Choice{}, ErrNoGateway
+	w, err := s.best(domain)
+	if err != nil {
+		return Choice{}, err
 	}
-	w := s.workers[name]
-	d, ok := w.data[domain]
-	if !ok {
-		return Choice{Worker: name}, ErrNoGatewayData
-	}
-	w.peers[domain]++
-	return Choice{Worker: name, Data: d}, nil
+	w.peers[domain] = addSat(w.peers[domain], 1)
+	return Choice{Worker: w.name, Data: w.data[domain]}, nil
 }
 
 // Best is Choose without counting: which worker would be chosen now.
 func (s *State) Best(domain string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.best(domain)
+	w, err := s.best(domain)
+	if err != nil {
+		return "", false
+	}
+	return w.name, true
 }
 
-func (s *State) best(domain string) (string, bool) {
+func (s *State) best(domain string) (*workerState, error) {
 	type cand struct {
-		name   string
+		w      *workerState
 		peers  int
 		weight int
 	}
 	var cands []cand
-	total, weights := 0, 0
-	for name, w := range s.workers {
+	total, weights, dataless := 0, 0, 0
+	for _, w := range s.workers {
 		if n, ok := w.peers[domain]; !w.online || !ok || n < 0 {
 			continue
 		}
-		c := cand{name: name, weight: s.weight(name)}
+		if _, ok := w.data[domain]; !ok {
+			dataless++
+			continue
+		}
+		c := cand{w: w, weight: s.weight(w.name)}
 		for _, n := range w.peers {
-			c.peers += n
+			c.peers = addSat(c.peers, n)
 		}
 		cands = append(cands, c)
-		total += c.peers
-		weights += c.weight
+		total = addSat(total, c.peers)
+		weights = addSat(weights, c.weight)
 	}
 	if len(cands) == 0 || weights <= 0 {
-		return "", false
+		if dataless > 0 {
+			return nil, ErrNoGatewayData
+		}
+		return nil, ErrNoGateway
 	}
 	// Ties go to the first name, so the choice does not depend on map order.
-	sort.Slice(cands, func(i, j int) bool { return cands[i].name < cands[j].name })
-	best, bestDiff := "", 0.0
+	sort.Slice(cands, func(i, j int) bool { return cands[i].w.name < cands[j].w.name })
+	var best *workerState
+	bestDiff := 0.0
 	for _, c := range cands {
 		diff := float64(c.peers) - float64(c.weight)/float64(weights)*float64(total)
-		if best == "" || diff < bestDiff {
-			best, bestDiff = c.name, diff
+		if best == nil || diff < bestDiff {
+			best, bestDiff = c.w, diff
 		}
 	}
-	return best, true
+	return best, nil
+}
+
+// addSat adds two non-negative counts, stopping at math.MaxInt instead of
+// wrapping around to a negative number.
+func addSat(a, b int) int {
+	if a > math.MaxInt-b {
+		return math.MaxInt
+	}
+	return a + b
 }
 
 // WorkerSnapshot is one worker as the broker sees it.
@@ -185,9 +304,10 @@ type WorkerSnapshot struct {
 func (s *State) Snapshot() []WorkerSnapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.sweep(s.now())
 	out := make([]WorkerSnapshot, 0, len(s.workers))
-	for name, w := range s.workers {
-		ws := WorkerSnapshot{Name: name, Online: w.online, Weight: s.weight(name), LastSeen: w.lastSeen,
+	for _, w := range s.workers {
+		ws := WorkerSnapshot{Name: w.name, Online: w.online, Weight: s.weight(w.name), LastSeen: w.lastSeen,
 			Peers: make(map[string]int, len(w.peers)), Data: make(map[string]wgkex.WorkerData, len(w.data))}
 		for k, v := range w.peers {
 			ws.Peers[k] = v
@@ -199,4 +319,17 @@ func (s *State) Snapshot() []WorkerSnapshot {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// tableStats are the counters behind the worker table's metrics.
+type tableStats struct {
+	entries, unlisted                     int
+	ignoredUnlisted, ignoredFull, evicted uint64
+}
+
+func (s *State) stats() tableStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return tableStats{entries: len(s.workers), unlisted: s.unlisted,
+		ignoredUnlisted: s.ignoredUnlisted, ignoredFull: s.ignoredFull, evicted: s.evicted}
 }

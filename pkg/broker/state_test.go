@@ -43,7 +43,7 @@ func TestChooseWorkedCases(t *testing.T) {
 		{"weights 84 and 42", map[string]int{"w1": 84, "w2": 42}, map[string]int{"d": 21}, map[string]int{"d": 19}, "w1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := NewState(weights(tc.weights), nil)
+			s := newState(stateConfig{weight: weights(tc.weights)})
 			online(s, "w1", tc.w1)
 			online(s, "w2", tc.w2)
 			c, err := s.Choose("d")
@@ -56,7 +56,7 @@ func TestChooseWorkedCases(t *testing.T) {
 
 func TestChooseEdgeCases(t *testing.T) {
 	t.Run("no candidate", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
@@ -66,7 +66,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("offline worker is no candidate", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0})
 		online(s, "w2", map[string]int{"d": 100})
 		s.SetOnline("w1", false)
@@ -75,7 +75,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("-1 takes a worker out of a domain", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0, "e": 0})
 		s.SetConnectedPeers("w1", "d", -1)
 		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGateway) {
@@ -86,7 +86,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("zero peers everywhere spreads a burst", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0})
 		online(s, "w2", map[string]int{"d": 0})
 		online(s, "w3", map[string]int{"d": 0})
@@ -103,7 +103,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("weights respected in a burst", func(t *testing.T) {
-		s := NewState(weights(map[string]int{"w1": 3}), nil) // w2 unlisted: weight 1
+		s := newState(stateConfig{weight: weights(map[string]int{"w1": 3})}) // w2 unlisted: weight 1
 		online(s, "w1", map[string]int{"d": 0})
 		online(s, "w2", map[string]int{"d": 0})
 		count := map[string]int{}
@@ -116,16 +116,19 @@ func TestChooseEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("online without data is a 500", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		s.SetOnline("w1", true)
 		s.SetConnectedPeers("w1", "d", 3)
 		c, err := s.Choose("d")
-		if !errors.Is(err, ErrNoGatewayData) || c.Worker != "w1" {
+		if !errors.Is(err, ErrNoGatewayData) || c.Worker != "" {
 			t.Fatalf("Choose = %+v, %v", c, err)
+		}
+		if got := s.Snapshot()[0].Peers["d"]; got != 3 {
+			t.Errorf("a failed choice counted a peer: %d", got)
 		}
 	})
 	t.Run("data can be cleared", func(t *testing.T) {
-		s := NewState(weights(nil), nil)
+		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 3})
 		s.SetData("w1", "d", nil)
 		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGatewayData) {
@@ -135,7 +138,7 @@ func TestChooseEdgeCases(t *testing.T) {
 }
 
 func TestChooseConcurrent(t *testing.T) {
-	s := NewState(weights(nil), nil)
+	s := newState(stateConfig{weight: weights(nil)})
 	for i := 0; i < 4; i++ {
 		online(s, fmt.Sprintf("w%d", i), map[string]int{"d": 0})
 	}
@@ -164,8 +167,8 @@ func TestChooseConcurrent(t *testing.T) {
 }
 
 func TestStateBounded(t *testing.T) {
-	s := NewState(weights(nil), nil)
-	for i := 0; i < MaxWorkers; i++ {
+	s := newState(stateConfig{weight: weights(nil)})
+	for i := 0; i < maxUnlisted; i++ {
 		if err := s.SetOnline(fmt.Sprintf("w%d", i), true); err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +179,7 @@ func TestStateBounded(t *testing.T) {
 	if err := s.SetConnectedPeers("w1", "d", 3); err != nil {
 		t.Fatalf("known worker refused: %v", err)
 	}
-	if len(s.Snapshot()) != MaxWorkers {
+	if len(s.Snapshot()) != maxUnlisted {
 		t.Fatalf("%d workers", len(s.Snapshot()))
 	}
 }

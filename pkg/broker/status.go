@@ -44,7 +44,7 @@ type WorkerDomain struct {
 
 // Status assembles the current Status.
 func (b *Broker) Status() Status {
-	st := Status{Service: "wgkex broker", MQTTConnected: b.connected(), Time: time.Now().UTC()}
+	st := Status{Service: "wgkex broker", MQTTConnected: b.connected(), Time: b.now().UTC()}
 	for _, d := range b.names {
 		chosen, _ := b.state.Best(d)
 		st.Domains = append(st.Domains, DomainStatus{Name: d, Chosen: chosen})
