@@ -3,6 +3,8 @@
 # workers on four domains, at 16 and 256 connections, beside a bare net/http
 # ceiling measured in the same run. Needs wrk, mosquitto, mosquitto-clients.
 # Usage: bench/broker.sh [seconds per run, default 10]
+# RATE_PER_CLIENT, RATE_GLOBAL (requests/s; default 0: off) and BLOCKLIST (a key list
+# file) run the broker with its rate limiter and block list, for the with/without figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10}
@@ -37,6 +39,8 @@ for w in 1 2 3; do
 done
 
 WGKEX_MQTT_BROKER_URL=127.0.0.1 WGKEX_MQTT_BROKER_PORT=$mport WGKEX_BROKER_LISTEN_PORT=$hport \
+  WGKEX_BROKER_KNOWN_WORKERS_ONLY=false WGKEX_BROKER_RATE_LIMIT_PER_CLIENT=${RATE_PER_CLIENT:-0} \
+  WGKEX_BROKER_RATE_LIMIT_GLOBAL=${RATE_GLOBAL:-0} WGKEX_BROKER_BLOCKLIST_FILE=${BLOCKLIST:-} \
   CPUPROF=${CPUPROF:-} "$out/wgkex" broker --config wgkex.example.yaml --log-level error & pids+=($!); bpid=$!
 "$out/ceiling" -listen 127.0.0.1:$cport & pids+=($!); cpid=$!
 sleep 1.5

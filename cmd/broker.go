@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -34,6 +35,10 @@ func runBroker(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
+	// Everything started below (key list watchers, the SIGHUP handler)
+	// stops when the broker does.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// The broker's live heap is a few MB of short-lived request garbage; the
 	// default GC target collects it so often that the collector costs ~10%
 	// of throughput. A higher target trades a few MB for that CPU. GOGC set
@@ -74,6 +79,27 @@ func runBroker(ctx context.Context, g *globals) error {
 	mo.OnMessage = func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }
 	client := mqtt.New(mo)
 	reg := newRegistry()
+
+	blocked, err := startKeyList(ctx, "blocklist", cfg.Broker.BlocklistFile, false, log, reg)
+	if err != nil {
+		return fmt.Errorf("broker.blocklist_file: %w", err)
+	}
+	allowed, err := startKeyList(ctx, "allowlist", cfg.Broker.AllowlistFile, true, log, reg)
+	if err != nil {
+		return fmt.Errorf("broker.allowlist_file: %w", err)
+	}
+	for _, d := range allowed.List().Domains() {
+		if !slices.Contains(cfg.Domains, d) {
+			log.Warn("allow list names a domain that is not configured; check its spelling", "domain", d, "file", cfg.Broker.AllowlistFile)
+		}
+	}
+	go reloadOnSIGHUP(ctx, log, blocked, allowed)
+	limiter, err := newRateLimiter(cfg)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(limiter.Collector())
+
 	b = broker.New(broker.Options{
 		Domains:   cfg.Domains,
 		Weight:    cfg.Weight,
@@ -83,9 +109,13 @@ func runBroker(ctx context.Context, g *globals) error {
 		Registry:  reg,
 		Gatherer:  reg,
 		Connected: client.Connected,
-		// Until pkg/config has broker.known_workers_only: on when workers are listed.
 		KnownWorkers:     slices.Sorted(maps.Keys(cfg.Workers)),
-		KnownWorkersOnly: len(cfg.Workers) > 0,
+		KnownWorkersOnly: cfg.Broker.KnownWorkersOnly,
+		WorkerExpiry:     cfg.Broker.WorkerExpiry,
+		MaxConnections:   cmp.Or(cfg.BrokerListen.MaxConnections, -1), // config 0: no cap
+		Blocked:          blocked.Contains,
+		Allowed:          allowed.Allowed,
+		Limit:            limiter.Wrap,
 	})
 	if err := client.Start(ctx); err != nil {
 		return err

@@ -64,6 +64,17 @@ type Options struct {
 	// MaxConnections bounds the HTTP connections Serve keeps open at once
 	// (0: DefaultMaxConnections; negative: no bound).
 	MaxConnections int
+
+	// Blocked reports a key the operator has blocked: it is refused with
+	// 403 and not published. Nil blocks nothing.
+	Blocked func(key string) bool
+	// Allowed reports whether key may register on domain (a per-domain
+	// allow list); a refused key gets 403 and is not published. Nil allows
+	// every key.
+	Allowed func(domain, key string) bool
+	// Limit wraps the two key exchange handlers, e.g. with rate limits.
+	// Nil: no limit.
+	Limit func(http.Handler) http.Handler
 }
 
 // Broker serves the key exchange API. Create it with New.
@@ -82,6 +93,9 @@ type Broker struct {
 	now     func() time.Time
 	maxConn int
 	open    atomic.Int64 // HTTP connections open now (Serve)
+	blocked func(key string) bool
+	allowed func(domain, key string) bool
+	refused *prometheus.CounterVec // reason
 
 	// Messages from workers the table does not take are logged at most
 	// once per ignoredLogGap, with the count since.
@@ -118,10 +132,13 @@ func New(o Options) *Broker {
 			knownOnly: o.KnownWorkersOnly, expiry: o.WorkerExpiry}),
 		mux:     http.NewServeMux(),
 		isUp:    o.Connected,
+		blocked: o.Blocked,
+		allowed: o.Allowed,
 		now:     o.Now,
 		maxConn: o.MaxConnections,
 	}
 	b.metrics = newMetrics(o.Registry, b)
+	b.refused = newRefusedCounter(o.Registry)
 	registerLimitMetrics(o.Registry, b)
 	switch {
 	case o.KnownWorkersOnly && len(o.KnownWorkers) == 0:
@@ -133,8 +150,12 @@ func New(o Options) *Broker {
 		b.domains[d] = true
 	}
 	m := b.metrics
-	b.mux.HandleFunc("/api/v1/wg/key/exchange", m.instrument("v1", b.keyExchange(false)))
-	b.mux.HandleFunc("/api/v2/wg/key/exchange", m.instrument("v2", b.keyExchange(true)))
+	limit := o.Limit
+	if limit == nil {
+		limit = func(h http.Handler) http.Handler { return h }
+	}
+	b.mux.HandleFunc("/api/v1/wg/key/exchange", m.instrument("v1", limit(b.keyExchange(false)).ServeHTTP))
+	b.mux.HandleFunc("/api/v2/wg/key/exchange", m.instrument("v2", limit(b.keyExchange(true)).ServeHTTP))
 	b.mux.HandleFunc("/api/v1/status", m.instrument("status", b.statusJSON))
 	b.mux.HandleFunc("/healthz", m.instrument("healthz", healthz))
 	b.mux.HandleFunc("/readyz", m.instrument("readyz", b.readyz))
@@ -204,6 +225,11 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		if err != nil {
 			b.log.Debug("rejected key exchange", "remote", r.RemoteAddr, "err", err)
 			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if msg := b.refusal(req); msg != "" {
+			b.log.Info("key refused", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr, "why", msg)
+			writeError(w, http.StatusForbidden, msg)
 			return
 		}
 

@@ -312,3 +312,59 @@ func TestV2LinkAddressWithPrefix(t *testing.T) {
 		t.Errorf("AllowedIPs %v LinkAddress %v, want the bare address", ips, ep["LinkAddress"])
 	}
 }
+
+// Blocked and not allowed keys get 403 and are never published.
+func TestBlockAndAllowLists(t *testing.T) {
+	const other = "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="
+	pub := &fakePublisher{}
+	b := New(Options{
+		Domains:   []string{"ffmuc_welt", "ffmuc_nord"},
+		Publisher: pub, KeyQoS: 1,
+		Blocked: func(k string) bool { return k == other },
+		Allowed: func(d, k string) bool { return d != "ffmuc_nord" || k == other },
+		Logger:  slog.New(slog.DiscardHandler),
+	})
+	for _, tc := range []struct {
+		api, domain, key string
+		code             int
+		msg              string
+	}{
+		{"v1", "ffmuc_welt", other, 403, "key is blocked"},
+		{"v2", "ffmuc_welt", other, 403, "key is blocked"},
+		{"v1", "ffmuc_nord", testKey, 403, `key is not allowed in domain "ffmuc_nord"`},
+		{"v1", "ffmuc_welt", testKey, 200, ""},
+	} {
+		resp, m := do(t, b, "POST", "/api/"+tc.api+"/wg/key/exchange", "application/json", body(tc.domain, tc.key))
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %s %s: status %d, want %d (%v)", tc.api, tc.domain, tc.key, resp.StatusCode, tc.code, m)
+		}
+		if tc.msg != "" {
+			if e, _ := m["error"].(map[string]any); e == nil || e["message"] != tc.msg {
+				t.Errorf("%s %s: body %v, want message %q", tc.api, tc.domain, m, tc.msg)
+			}
+		}
+	}
+	if len(pub.msgs) != 1 || pub.msgs[0].payload != testKey {
+		t.Errorf("published %+v, want only the allowed key", pub.msgs)
+	}
+}
+
+// Limit wraps the key exchange endpoints and nothing else.
+func TestLimitWrapsKeyExchangeOnly(t *testing.T) {
+	b := New(Options{
+		Domains: []string{"ffmuc_welt"}, Publisher: &fakePublisher{}, KeyQoS: 1,
+		Limit: func(http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { writeError(w, http.StatusTooManyRequests, "slow down") })
+		},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	for path, want := range map[string]int{"/api/v1/wg/key/exchange": 429, "/api/v2/wg/key/exchange": 429, "/healthz": 200, "/api/v1/status": 200} {
+		resp, _ := do(t, b, "POST", path, "application/json", body("ffmuc_welt", testKey))
+		if path == "/healthz" || path == "/api/v1/status" {
+			resp, _ = do(t, b, "GET", path, "", "")
+		}
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}

@@ -34,7 +34,22 @@ const (
 	DefaultCleanupInterval = time.Hour
 	DefaultPeerTimeout     = 3 * time.Hour
 	DefaultNewPeerGrace    = 10 * time.Minute
+	DefaultReceiveMaximum  = 4096
+	DefaultStateDir        = "/var/lib/wgkex"
 	DefaultClientBroker    = "http://127.0.0.1:5000"
+	DefaultMaxConnections  = 4096
+	DefaultWorkerExpiry    = 10 * time.Minute
+)
+
+// Rate limit defaults (see README "Rate limits" for the arithmetic): one
+// address may register 60 keys at once and one a second after that; the
+// whole broker 20,000 at once and 2,000 a second.
+const (
+	DefaultRatePerClient      = 1.0
+	DefaultRatePerClientBurst = 60
+	DefaultRateGlobal         = 2000.0
+	DefaultRateGlobalBurst    = 20000
+	DefaultRateMaxClients     = 100000
 )
 
 // Config is the whole typed configuration.
@@ -53,6 +68,7 @@ type Config struct {
 
 	MQTT         MQTT
 	BrokerListen Listen
+	Broker       Broker
 	Worker       Worker
 	Client       Client
 
@@ -76,10 +92,40 @@ type MQTT struct {
 	Listen string
 }
 
-// Listen is an HTTP listen address.
+// Listen is the broker's HTTP listener.
 type Listen struct {
 	Host string
 	Port int
+	// MaxConnections caps the connections served at once (0: no cap).
+	MaxConnections int
+	// TrustedProxies are addresses or CIDRs whose X-Forwarded-For or
+	// X-Real-IP names the client (for rate limits and logs).
+	TrustedProxies []string
+}
+
+// Broker holds the settings only the broker reads.
+type Broker struct {
+	// KnownWorkersOnly ignores (and counts) state from worker names not in
+	// workers:. Load makes it default to true when workers: lists any.
+	KnownWorkersOnly bool
+	// WorkerExpiry is how long an unlisted worker that is offline or has
+	// no data is remembered after its last message.
+	WorkerExpiry time.Duration
+	// BlocklistFile lists keys the broker refuses (403); "" means none.
+	BlocklistFile string
+	// AllowlistFile, when set, lists the keys accepted per domain.
+	AllowlistFile string
+	RateLimit     RateLimit
+}
+
+// RateLimit configures the broker's token buckets on the key exchange
+// endpoints. A rate of 0 turns that bucket off.
+type RateLimit struct {
+	PerClient      float64 // requests per second per address (IPv6: per /64)
+	PerClientBurst int
+	Global         float64 // requests per second, all clients together
+	GlobalBurst    int
+	MaxClients     int // client buckets kept in memory
 }
 
 // Addr is host:port, IPv6-safe.
@@ -93,6 +139,12 @@ type Worker struct {
 	PeerTimeout     time.Duration
 	NewPeerGrace    time.Duration
 	MetricsListen   string
+	// ReceiveMaximum is how many key messages the MQTT server may send
+	// ahead of the worker's acknowledgements (1-65535; Load fills in
+	// DefaultReceiveMaximum).
+	ReceiveMaximum int
+	// StateDir holds the journal of keys acknowledged but not installed yet.
+	StateDir string
 }
 
 // Client holds the settings only the client reads.
@@ -212,12 +264,25 @@ var keys = []keySpec{
 	{"mqtt::listen", []string{"WGKEX_MQTT_LISTEN"}, "mqtt.listen"},
 	{"broker_listen::host", []string{"WGKEX_BROKER_LISTEN_HOST"}, "broker_listen.host"},
 	{"broker_listen::port", []string{"WGKEX_BROKER_LISTEN_PORT"}, "broker_listen.port"},
+	{"broker_listen::max_connections", []string{"WGKEX_BROKER_LISTEN_MAX_CONNECTIONS"}, "broker_listen.max_connections"},
+	{"broker_listen::trusted_proxies", []string{"WGKEX_BROKER_LISTEN_TRUSTED_PROXIES"}, "broker_listen.trusted_proxies"},
+	{"broker::known_workers_only", []string{"WGKEX_BROKER_KNOWN_WORKERS_ONLY"}, "broker.known_workers_only"},
+	{"broker::worker_expiry", []string{"WGKEX_BROKER_WORKER_EXPIRY"}, "broker.worker_expiry"},
+	{"broker::blocklist_file", []string{"WGKEX_BROKER_BLOCKLIST_FILE"}, "broker.blocklist_file"},
+	{"broker::allowlist_file", []string{"WGKEX_BROKER_ALLOWLIST_FILE"}, "broker.allowlist_file"},
+	{"broker::rate_limit::per_client", []string{"WGKEX_BROKER_RATE_LIMIT_PER_CLIENT"}, "broker.rate_limit.per_client"},
+	{"broker::rate_limit::per_client_burst", []string{"WGKEX_BROKER_RATE_LIMIT_PER_CLIENT_BURST"}, "broker.rate_limit.per_client_burst"},
+	{"broker::rate_limit::global", []string{"WGKEX_BROKER_RATE_LIMIT_GLOBAL"}, "broker.rate_limit.global"},
+	{"broker::rate_limit::global_burst", []string{"WGKEX_BROKER_RATE_LIMIT_GLOBAL_BURST"}, "broker.rate_limit.global_burst"},
+	{"broker::rate_limit::max_clients", []string{"WGKEX_BROKER_RATE_LIMIT_MAX_CLIENTS"}, "broker.rate_limit.max_clients"},
 	{"worker::name", []string{"WGKEX_WORKER_NAME"}, "worker.name"},
 	{"worker::metrics_interval", []string{"WGKEX_WORKER_METRICS_INTERVAL"}, "worker.metrics_interval"},
 	{"worker::cleanup_interval", []string{"WGKEX_WORKER_CLEANUP_INTERVAL"}, "worker.cleanup_interval"},
 	{"worker::peer_timeout", []string{"WGKEX_WORKER_PEER_TIMEOUT"}, "worker.peer_timeout"},
 	{"worker::new_peer_grace", []string{"WGKEX_WORKER_NEW_PEER_GRACE"}, "worker.new_peer_grace"},
 	{"worker::metrics_listen", []string{"WGKEX_WORKER_METRICS_LISTEN"}, "worker.metrics_listen"},
+	{"worker::receive_maximum", []string{"WGKEX_WORKER_RECEIVE_MAXIMUM"}, "worker.receive_maximum"},
+	{"worker::state_dir", []string{"WGKEX_WORKER_STATE_DIR"}, "worker.state_dir"},
 	{"client::broker_url", []string{"WGKEX_CLIENT_BROKER_URL"}, "client.broker_url"},
 }
 
@@ -278,8 +343,23 @@ func Load(file string) (*Config, error) {
 		Listen:    p.strOr("mqtt::listen", DefaultEmbeddedListen),
 	}
 	cfg.BrokerListen = Listen{
-		Host: p.strOr("broker_listen::host", DefaultListenHost),
-		Port: p.integer("broker_listen::port", DefaultListenPort),
+		Host:           p.strOr("broker_listen::host", DefaultListenHost),
+		Port:           p.integer("broker_listen::port", DefaultListenPort),
+		MaxConnections: p.integer("broker_listen::max_connections", DefaultMaxConnections),
+		TrustedProxies: p.list("broker_listen::trusted_proxies"),
+	}
+	cfg.Broker = Broker{
+		KnownWorkersOnly: p.booleanOr("broker::known_workers_only", len(cfg.Workers) > 0),
+		WorkerExpiry:     p.duration("broker::worker_expiry", DefaultWorkerExpiry),
+		BlocklistFile:    p.str("broker::blocklist_file"),
+		AllowlistFile:    p.str("broker::allowlist_file"),
+		RateLimit: RateLimit{
+			PerClient:      p.float("broker::rate_limit::per_client", DefaultRatePerClient),
+			PerClientBurst: p.integer("broker::rate_limit::per_client_burst", DefaultRatePerClientBurst),
+			Global:         p.float("broker::rate_limit::global", DefaultRateGlobal),
+			GlobalBurst:    p.integer("broker::rate_limit::global_burst", DefaultRateGlobalBurst),
+			MaxClients:     p.integer("broker::rate_limit::max_clients", DefaultRateMaxClients),
+		},
 	}
 	cfg.Worker = Worker{
 		Name:            p.str("worker::name"),
@@ -288,6 +368,8 @@ func Load(file string) (*Config, error) {
 		PeerTimeout:     p.duration("worker::peer_timeout", DefaultPeerTimeout),
 		NewPeerGrace:    p.duration("worker::new_peer_grace", DefaultNewPeerGrace),
 		MetricsListen:   p.str("worker::metrics_listen"),
+		ReceiveMaximum:  p.integer("worker::receive_maximum", DefaultReceiveMaximum),
+		StateDir:        p.strOr("worker::state_dir", DefaultStateDir),
 	}
 	cfg.Client = Client{BrokerURL: p.strOr("client::broker_url", DefaultClientBroker)}
 
@@ -394,10 +476,12 @@ func (p *parser) integer(key string, def int) int {
 	return n
 }
 
-func (p *parser) boolean(key string) bool {
+func (p *parser) boolean(key string) bool { return p.booleanOr(key, false) }
+
+func (p *parser) booleanOr(key string, def bool) bool {
 	raw := p.v.Get(key)
 	if raw == nil || raw == "" {
-		return false
+		return def
 	}
 	if s, ok := raw.(string); ok {
 		raw = strings.ToLower(strings.TrimSpace(s)) // Python's "False"/"True"
@@ -405,9 +489,25 @@ func (p *parser) boolean(key string) bool {
 	b, err := cast.ToBoolE(raw)
 	if err != nil {
 		p.fail(key, "want true or false, got %q", fmt.Sprint(raw))
-		return false
+		return def
 	}
 	return b
+}
+
+func (p *parser) float(key string, def float64) float64 {
+	raw := p.v.Get(key)
+	if raw == nil || raw == "" {
+		return def
+	}
+	if s, ok := raw.(string); ok {
+		raw = strings.TrimSpace(s)
+	}
+	f, err := cast.ToFloat64E(raw)
+	if err != nil {
+		p.fail(key, "want a number, got %q", fmt.Sprint(raw))
+		return def
+	}
+	return f
 }
 
 // duration accepts Go durations ("90s", "1h") and plain numbers of seconds.

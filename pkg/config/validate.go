@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,6 +37,7 @@ func (c *Config) problems() []Problem {
 	c.checkWorkers(&ps)
 	c.checkMQTT(&ps)
 	c.checkBrokerListen(&ps)
+	c.checkBroker(&ps)
 	c.checkWorker(&ps)
 	c.checkLogLevel(&ps)
 	return ps
@@ -196,6 +198,55 @@ func (c *Config) checkBrokerListen(ps *problems) {
 	if strings.ContainsAny(c.BrokerListen.Host, " /") {
 		ps.add("broker_listen.host", "not a host name or address: %q", c.BrokerListen.Host)
 	}
+	if c.BrokerListen.MaxConnections < 0 {
+		ps.add("broker_listen.max_connections", "must be 0 (no cap) or more, got %d", c.BrokerListen.MaxConnections)
+	}
+	for _, p := range c.BrokerListen.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err == nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(p); err != nil {
+			ps.add("broker_listen.trusted_proxies", "%q is neither an address nor a CIDR prefix", p)
+		}
+	}
+}
+
+// checkBroker: the broker section.
+func (c *Config) checkBroker(ps *problems) {
+	b := c.Broker
+	if b.KnownWorkersOnly && len(c.Workers) == 0 {
+		ps.add("broker.known_workers_only", "true, but workers: lists no worker, so every gateway would be ignored")
+	}
+	if b.WorkerExpiry < 0 {
+		ps.add("broker.worker_expiry", "must be positive, got %v", b.WorkerExpiry)
+	}
+	r := b.RateLimit
+	for _, f := range []struct {
+		key string
+		val float64
+	}{
+		{"broker.rate_limit.per_client", r.PerClient},
+		{"broker.rate_limit.global", r.Global},
+	} {
+		if f.val < 0 {
+			ps.add(f.key, "must be 0 (off) or a positive rate per second, got %v", f.val)
+		}
+	}
+	for _, f := range []struct {
+		key  string
+		val  int
+		rate float64
+	}{
+		{"broker.rate_limit.per_client_burst", r.PerClientBurst, r.PerClient},
+		{"broker.rate_limit.global_burst", r.GlobalBurst, r.Global},
+	} {
+		if f.rate > 0 && f.val < 1 {
+			ps.add(f.key, "must be at least 1 while the rate is on, got %d", f.val)
+		}
+	}
+	if r.MaxClients < 0 {
+		ps.add("broker.rate_limit.max_clients", "must be at least 1, got %d", r.MaxClients)
+	}
 }
 
 // checkWorker: externalName and the worker section.
@@ -226,6 +277,12 @@ func (c *Config) checkWorker(ps *problems) {
 		if _, port, err := net.SplitHostPort(w.MetricsListen); err != nil || !validPort(port) {
 			ps.add("worker.metrics_listen", "want host:port, got %q", w.MetricsListen)
 		}
+	}
+	if w.ReceiveMaximum < 0 || w.ReceiveMaximum > 65535 {
+		ps.add("worker.receive_maximum", "must be 1-65535 (0: the default, %d), got %d", DefaultReceiveMaximum, w.ReceiveMaximum)
+	}
+	if w.StateDir != "" && !filepath.IsAbs(w.StateDir) {
+		ps.add("worker.state_dir", "want an absolute path, got %q", w.StateDir)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 )
 
@@ -378,5 +380,33 @@ func TestOverHTTP(t *testing.T) {
 	}
 	if n := l.Stats().Clients; n != 1 {
 		t.Errorf("%d clients for two connections from one address", n)
+	}
+}
+
+func TestCollector(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l, err := New(Config{PerClient: 1, PerClientBurst: 1, Global: -1, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := l.Wrap(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	for range 3 {
+		r := httptest.NewRequest("POST", "/", nil)
+		r.RemoteAddr = "192.0.2.1:1234"
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(l.Collector())
+	n, err := testutil.GatherAndCount(reg, "wgkex_broker_rate_limited_total", "wgkex_broker_rate_limit_clients")
+	if err != nil || n != 3 {
+		t.Fatalf("series %d, %v", n, err)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP wgkex_broker_rate_limited_total Requests refused with 429, by the bucket that refused them.
+# TYPE wgkex_broker_rate_limited_total counter
+wgkex_broker_rate_limited_total{limit="client"} 2
+wgkex_broker_rate_limited_total{limit="global"} 0
+`), "wgkex_broker_rate_limited_total"); err != nil {
+		t.Error(err)
 	}
 }

@@ -1,0 +1,97 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func loadYAML(t *testing.T, yaml string, env ...string) (*Config, error) {
+	t.Helper()
+	for i := 0; i+1 < len(env); i += 2 {
+		t.Setenv(env[i], env[i+1])
+	}
+	f := filepath.Join(t.TempDir(), "wgkex.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(f)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, cfg.Validate()
+}
+
+const baseYAML = "domains: [ffmuc_welt]\ndomain_prefixes: [ffmuc_]\n"
+
+func TestBrokerDefaults(t *testing.T) {
+	cfg, err := loadYAML(t, baseYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.Broker
+	if b.KnownWorkersOnly || b.WorkerExpiry != DefaultWorkerExpiry || b.BlocklistFile != "" || b.AllowlistFile != "" {
+		t.Errorf("broker defaults %+v", b)
+	}
+	if r := b.RateLimit; r.PerClient != 1 || r.PerClientBurst != 60 || r.Global != 2000 || r.GlobalBurst != 20000 || r.MaxClients != 100000 {
+		t.Errorf("rate limit defaults %+v", r)
+	}
+	if cfg.BrokerListen.MaxConnections != DefaultMaxConnections || len(cfg.BrokerListen.TrustedProxies) != 0 {
+		t.Errorf("listen defaults %+v", cfg.BrokerListen)
+	}
+	// Listing workers turns known_workers_only on, unless it is set.
+	cfg, err = loadYAML(t, baseYAML+"workers: {gw1: {weight: 1}}\n")
+	if err != nil || !cfg.Broker.KnownWorkersOnly {
+		t.Errorf("with workers: known_workers_only = %v, %v", cfg.Broker.KnownWorkersOnly, err)
+	}
+	cfg, err = loadYAML(t, baseYAML+"workers: {gw1: {weight: 1}}\nbroker: {known_workers_only: false}\n")
+	if err != nil || cfg.Broker.KnownWorkersOnly {
+		t.Errorf("explicit false: %v, %v", cfg.Broker.KnownWorkersOnly, err)
+	}
+}
+
+func TestBrokerSettings(t *testing.T) {
+	cfg, err := loadYAML(t, baseYAML+`
+broker_listen: {max_connections: 100, trusted_proxies: [10.0.0.1, "2001:db8::/64"]}
+broker:
+  worker_expiry: 2m
+  blocklist_file: /etc/wgkex/blocked.yaml
+  rate_limit: {per_client: 0.5, per_client_burst: 10, global: 0}
+`, "WGKEX_BROKER_ALLOWLIST_FILE", "/etc/wgkex/allowed.yaml", "WGKEX_BROKER_RATE_LIMIT_GLOBAL_BURST", "7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BrokerListen.MaxConnections != 100 || strings.Join(cfg.BrokerListen.TrustedProxies, ",") != "10.0.0.1,2001:db8::/64" {
+		t.Errorf("listen %+v", cfg.BrokerListen)
+	}
+	b := cfg.Broker
+	if b.WorkerExpiry != 2*time.Minute || b.BlocklistFile != "/etc/wgkex/blocked.yaml" || b.AllowlistFile != "/etc/wgkex/allowed.yaml" {
+		t.Errorf("broker %+v", b)
+	}
+	if r := b.RateLimit; r.PerClient != 0.5 || r.PerClientBurst != 10 || r.Global != 0 || r.GlobalBurst != 7 {
+		t.Errorf("rate limit %+v", r)
+	}
+}
+
+func TestBrokerProblemsAllNamed(t *testing.T) {
+	_, err := loadYAML(t, baseYAML+`
+broker_listen: {max_connections: -1, trusted_proxies: [not-an-address]}
+broker:
+  known_workers_only: true
+  rate_limit: {per_client: -1, global: 5, global_burst: 0, per_client_burst: x}
+`)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, key := range []string{"broker_listen.max_connections", "broker_listen.trusted_proxies", "broker.known_workers_only",
+		"broker.rate_limit.per_client:", "broker.rate_limit.global_burst", "broker.rate_limit.per_client_burst"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("error does not name %s: %v", key, err)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error spans lines: %v", err)
+	}
+}
