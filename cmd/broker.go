@@ -101,14 +101,14 @@ func runBroker(ctx context.Context, g *globals) error {
 	reg.MustRegister(limiter.Collector())
 
 	b = broker.New(broker.Options{
-		Domains:   cfg.Domains,
-		Weight:    cfg.Weight,
-		Publisher: client,
-		KeyQoS:    1,
-		Logger:    log,
-		Registry:  reg,
-		Gatherer:  reg,
-		Connected: client.Connected,
+		Domains:          cfg.Domains,
+		Weight:           cfg.Weight,
+		Publisher:        client,
+		KeyQoS:           1,
+		Logger:           log,
+		Registry:         reg,
+		Gatherer:         reg,
+		Connected:        client.Connected,
 		KnownWorkers:     slices.Sorted(maps.Keys(cfg.Workers)),
 		KnownWorkersOnly: cfg.Broker.KnownWorkersOnly,
 		WorkerExpiry:     cfg.Broker.WorkerExpiry,

@@ -34,6 +34,13 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}
+	// Every domain's counters exist from the start: rate() and increase()
+	// in alerts see the first failure only against an earlier zero.
+	for _, name := range w.names {
+		m.installed.WithLabelValues(name)
+		m.failed.WithLabelValues(name)
+		m.removed.WithLabelValues(name)
+	}
 	if reg == nil {
 		return m
 	}
@@ -45,39 +52,57 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 				return 1
 			}
 			return 0
-		}))
+		}),
+		// The queue is read without the worker's lock, so it shows even
+		// while a batch is being installed.
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wgkex_worker_key_queue_depth",
+			Help: "Keys received from MQTT and waiting for the installer (all domains).",
+		}, func() float64 { return float64(len(w.queue)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wgkex_worker_key_queue_capacity",
+			Help: "Keys the queue holds; when it is full, MQTT delivery waits.",
+		}, func() float64 { return float64(cap(w.queue)) }))
 	return m
 }
 
 var (
-	descPeers     = prometheus.NewDesc("wgkex_worker_peers", "WireGuard peers on the domain's interface.", []string{"domain"}, nil)
+	descPeers     = prometheus.NewDesc("wgkex_worker_peers", "WireGuard peers on the domain's interface (-1: interfaces missing).", []string{"domain"}, nil)
 	descConnected = prometheus.NewDesc("wgkex_worker_connected_peers",
 		"Peers with a handshake within the last 3 minutes (-1: interfaces missing).", []string{"domain"}, nil)
+	descPending = prometheus.NewDesc("wgkex_worker_keys_pending",
+		"Keys taken from the queue but not installed, kept for later: the domain's interfaces are missing, or the kernel refused them.", []string{"domain"}, nil)
 )
 
 // peerCollector reads the devices at scrape time.
 type peerCollector struct{ w *Worker }
 
-func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descPeers; ch <- descConnected }
+func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPeers
+	ch <- descConnected
+	ch <- descPending
+}
 
 func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, name := range c.w.names {
-		total, connected := c.w.peerCounts(name)
+		total, connected, pending := c.w.peerCounts(name)
 		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(total), name)
 		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(connected), name)
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(pending), name)
 	}
 }
 
-// peerCounts is (peers, connected peers) of a domain, (-1, -1) while its
-// interfaces are missing.
-func (w *Worker) peerCounts(domainName string) (int, int) {
+// peerCounts is (peers, connected peers, keys pending) of a domain; the
+// peer counts are -1 while its interfaces are missing.
+func (w *Worker) peerCounts(domainName string) (total, connected, pending int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	d := w.domains[domainName]
 	if d == nil {
-		return -1, -1
+		return -1, -1, 0
 	}
-	return w.countPeers(d)
+	total, connected = w.countPeers(d)
+	return total, connected, len(d.pending)
 }
 
 func (w *Worker) connected() bool { return w.o.Connected == nil || w.o.Connected() }
