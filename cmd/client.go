@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -161,6 +160,9 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 			"userspace WireGuard, it stays in the foreground.",
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if watch && interval <= 0 {
+				return fmt.Errorf("--interval %s: want a positive duration", interval)
+			}
 			log, err := g.logger(os.Stderr, "")
 			if err != nil {
 				return err
@@ -176,46 +178,14 @@ func newClientConnectCommand(g *globals) *cobra.Command {
 			if keyFile == "" {
 				keyFile = "/var/lib/wgkex/" + wgIface + ".key"
 			}
-			o := client.ConnectOptions{Push: po, WireGuard: wgIface, VXLAN: vxIface, KeyFile: keyFile, Userspace: userspace, VXLANID: id, Logger: log}
 			k, wg, closeKernel, err := openKernel()
 			if err != nil {
 				return err
 			}
 			defer closeKernel()
-			link, err := client.Connect(c.Context(), k, wg, o)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(c.OutOrStdout(), "connected: %s -> %s:%s (gateway %s, link address %s); own link address %s; vxlan %s id %d remote %s\n",
-				wgIface, link.Endpoint.Address, link.Endpoint.Port, link.Endpoint.PublicKey, link.GatewayLL, link.OwnLL, vxIface, link.VXLANID, link.GatewayLL)
-			if !watch && link.Userspace == nil {
-				return nil
-			}
-			ctx, cancel := context.WithCancel(c.Context())
-			defer cancel()
-			if link.Userspace != nil {
-				// Our userspace device is gone (client disconnect, ip link
-				// del): there is nothing left to keep up.
-				go func() {
-					select {
-					case <-link.Userspace.Done():
-						log.Warn("WireGuard interface removed from outside; exiting", "interface", wgIface)
-						cancel()
-					case <-ctx.Done():
-					}
-				}()
-			}
-			if watch {
-				link.Watch(ctx, k, wg, o, interval)
-			} else {
-				log.Info("userspace WireGuard running; Ctrl-C (SIGINT/SIGTERM) removes the interfaces")
-				<-ctx.Done()
-			}
-			if link.Userspace != nil {
-				client.Disconnect(k, wgIface, vxIface)
-				link.Userspace.Close()
-			}
-			return nil
+			return client.Run(c.Context(), k, wg, client.ConnectOptions{Push: po, WireGuard: wgIface, VXLAN: vxIface,
+				KeyFile: keyFile, Userspace: userspace, VXLANID: id, Watch: watch, Interval: interval,
+				Out: c.OutOrStdout(), Logger: log})
 		},
 	}
 	f.add(c)

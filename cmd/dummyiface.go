@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
@@ -36,7 +35,8 @@ func newDummyIfaceCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDummyIface(c.Context(), g, domains, port, del, dummyiface.Options{Userspace: userspace, VXLANID: id, LivenessHTTP: http})
+			return runDummyIface(c.Context(), g, domains, port, dummyiface.RunOptions{
+				Delete: del, Userspace: userspace, VXLANID: id, LivenessHTTP: http, Out: c.OutOrStdout()})
 		},
 	}
 	f := c.Flags()
@@ -49,7 +49,7 @@ func newDummyIfaceCommand(g *globals) *cobra.Command {
 	return c
 }
 
-func runDummyIface(ctx context.Context, g *globals, domains []string, port int, del bool, opts dummyiface.Options) error {
+func runDummyIface(ctx context.Context, g *globals, domains []string, port int, o dummyiface.RunOptions) error {
 	cfg, log, err := g.loadConfigWith(os.Stderr, func(c *config.Config) {
 		if len(domains) > 0 {
 			c.Domains = domains
@@ -66,75 +66,6 @@ func runDummyIface(ctx context.Context, g *globals, domains []string, port int, 
 		return err
 	}
 	defer closeKernel()
-	ifaces := cfg.Interfaces()
-
-	if del {
-		var errs []error
-		for _, d := range cfg.Domains {
-			if err := dummyiface.Delete(k, ifaces[d], nil); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			fmt.Printf("%s: removed %s and %s\n", d, ifaces[d].WireGuard, ifaces[d].VXLAN)
-		}
-		return errors.Join(errs...)
-	}
-
-	var made []*dummyiface.Gateway
-	cleanup := func() {
-		for _, gw := range made {
-			if gw.Running() {
-				if err := gw.Close(k); err != nil {
-					log.Warn("remove interfaces", "err", err)
-				}
-			}
-		}
-	}
-	for i, d := range cfg.Domains {
-		o := opts
-		o.Interfaces, o.ListenPort, o.Logger = ifaces[d], port+i, log
-		gw, err := dummyiface.Create(k, wg, o)
-		if err != nil {
-			cleanup()
-			return fmt.Errorf("%s: %w", d, err)
-		}
-		made = append(made, gw)
-		mode := "kernel"
-		if gw.Userspace != nil {
-			mode = "userspace (this process)"
-		}
-		if gw.Existed {
-			mode = "already there, left as it is"
-		}
-		fmt.Printf("%s: %s public key %s port %d link address %s [%s]; %s vxlan id %d local %s dev %s, %s\n",
-			d, gw.Interfaces.WireGuard, gw.PublicKey, gw.ListenPort, gw.LinkAddress, mode,
-			gw.Interfaces.VXLAN, gw.VXLANID, gw.LinkAddress, gw.Interfaces.WireGuard, dummyiface.GatewayAddress)
-	}
-	running := false
-	for _, gw := range made {
-		running = running || gw.Running()
-	}
-	if !running {
-		return nil
-	}
-	log.Info("running (userspace WireGuard or liveness HTTP); Ctrl-C (SIGINT/SIGTERM) stops and removes what was made")
-	gone := make(chan string, len(made))
-	for _, gw := range made {
-		if gw.Userspace != nil {
-			go func() {
-				select {
-				case <-gw.Userspace.Done():
-					gone <- gw.Interfaces.WireGuard
-				case <-ctx.Done():
-				}
-			}()
-		}
-	}
-	select {
-	case <-ctx.Done():
-	case name := <-gone:
-		log.Warn("interface removed from outside; removing the others and exiting", "interface", name)
-	}
-	cleanup()
-	return nil
+	o.Domains, o.Interfaces, o.ListenPort, o.Logger = cfg.Domains, cfg.Interfaces(), port, log
+	return dummyiface.Run(ctx, k, wg, o)
 }

@@ -12,9 +12,9 @@ import (
 	"golang.org/x/net/ipv6"
 )
 
-// Ping sends ICMPv6 echo requests to addr (a link-local address on iface)
+// ping sends ICMPv6 echo requests to addr (a link-local address on iface)
 // until one is answered or ctx ends. It needs CAP_NET_RAW.
-func Ping(ctx context.Context, addr netip.Addr, iface string) error {
+func ping(ctx context.Context, addr netip.Addr, iface string) error {
 	c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
 	if err != nil {
 		return fmt.Errorf("open ICMPv6 socket: %w", err)

@@ -36,13 +36,13 @@ type PushOptions struct {
 	UserAgent string
 }
 
-// HTTPError is a refusal by the broker.
-type HTTPError struct {
+// httpError is a refusal by the broker.
+type httpError struct {
 	Status  int
 	Message string
 }
 
-func (e *HTTPError) Error() string {
+func (e *httpError) Error() string {
 	return fmt.Sprintf("broker answered %d: %s", e.Status, e.Message)
 }
 
@@ -70,7 +70,7 @@ func Push(ctx context.Context, o PushOptions) (*Result, error) {
 	backoff := time.Second
 	for attempt := 0; ; attempt++ {
 		res, err := pushOnce(ctx, hc, o, api, body)
-		var he *HTTPError
+		var he *httpError
 		switch {
 		case err == nil:
 			return res, nil
@@ -120,7 +120,7 @@ func pushOnce(ctx context.Context, hc *http.Client, o PushOptions, api string, b
 		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
 			msg = e.Error.Message
 		}
-		return nil, &HTTPError{Status: resp.StatusCode, Message: truncate(msg, 300)}
+		return nil, &httpError{Status: resp.StatusCode, Message: truncate(msg, 300)}
 	}
 	res, err := parseAnswer(api, raw)
 	if err != nil {

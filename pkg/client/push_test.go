@@ -99,7 +99,7 @@ func TestPushErrors(t *testing.T) {
 	}))
 	defer srv.Close()
 	_, err := Push(context.Background(), PushOptions{Broker: srv.URL, Domain: "x", PublicKey: key, Retries: 3})
-	var he *HTTPError
+	var he *httpError
 	if !errors.As(err, &he) || he.Status != 400 || he.Message != `unknown domain "x"` || calls.Load() != 1 {
 		t.Fatalf("err %v, %d calls (a 4xx must not be retried)", err, calls.Load())
 	}

@@ -5,13 +5,16 @@
 // kernel has it, otherwise userspace WireGuard in this process. Optionally it
 // answers Gluon's liveness check (HTTP on the gateway's link address), as a
 // real gateway's web server does.
+//
+// Everything that reaches the operating system goes through a system value,
+// so that tests can replace it with a fake; Create, Close and Run are the
+// entry points with the real kernel handles.
 package dummyiface
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -22,8 +25,68 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// GatewayAddress is the address on vx-X that nodes ping.
-var GatewayAddress = netip.MustParsePrefix("fe80::1/64")
+// gatewayAddress is the address on vx-X that nodes ping.
+var gatewayAddress = netip.MustParsePrefix("fe80::1/64")
+
+// links is the part of rtnetlink (kernel.Conn) that building a gateway uses.
+type links interface {
+	LinkIndex(name string) (int, error)
+	AddAddr(index int, p netip.Prefix) error
+	SetUp(index int) error
+	CreateVXLAN(v kernel.VXLAN) error
+	DeleteLink(name string) error
+}
+
+// wireGuard is the part of wgctrl that building a gateway uses.
+type wireGuard interface {
+	Device(name string) (*wgtypes.Device, error)
+	ConfigureDevice(name string, cfg wgtypes.Config) error
+}
+
+// device is a userspace WireGuard device running in this process
+// (wgdevice.Device).
+type device interface {
+	// Done is closed when the device stopped, also when its interface was
+	// removed from outside.
+	Done() <-chan struct{}
+	Close()
+}
+
+// system is the machine as this package sees it.
+type system struct {
+	links links
+	wg    wireGuard
+	// newDevice makes the WireGuard interface name (wgdevice.Create) and
+	// returns the userspace device, or nil for kernel WireGuard.
+	newDevice func(name string, forceUserspace bool, log *slog.Logger) (device, error)
+	newKey    func() (wgtypes.Key, error)
+	// serveLiveness starts answering Gluon's liveness check on
+	// [addr%iface]:80; stop stops it.
+	serveLiveness func(addr netip.Addr, iface string, log *slog.Logger) (stop func(), err error)
+}
+
+// realSystem is the machine behind the kernel handles k and wg.
+func realSystem(k *kernel.Conn, wg wireGuard) system {
+	return system{
+		links: k,
+		wg:    wg,
+		newDevice: func(name string, forceUserspace bool, log *slog.Logger) (device, error) {
+			d, err := wgdevice.Create(k, name, forceUserspace, log)
+			if d == nil {
+				return nil, err // no typed nil in the interface
+			}
+			return d, err
+		},
+		newKey: wgtypes.GeneratePrivateKey,
+		serveLiveness: func(addr netip.Addr, iface string, log *slog.Logger) (func(), error) {
+			s, err := serveLiveness(addr, iface, log)
+			if err != nil {
+				return nil, err
+			}
+			return s.close, nil
+		},
+	}
+}
 
 // Options describe one domain's gateway interfaces.
 type Options struct {
@@ -43,23 +106,27 @@ type Options struct {
 
 // Gateway is what Create made.
 type Gateway struct {
-	Interfaces  wgkex.Interfaces
 	PublicKey   wgtypes.Key
-	ListenPort  int
-	VXLANID     uint32
 	LinkAddress netip.Addr
-	// Userspace is the in-process WireGuard device, nil for kernel
-	// WireGuard. It lives as long as this process.
-	Userspace *wgdevice.Device
-	// Existed is true when the interfaces were there already (nothing made).
-	Existed bool
-	// liveness is the HTTP server of Options.LivenessHTTP, nil without it.
-	liveness *livenessServer
+
+	interfaces wgkex.Interfaces
+	listenPort int
+	vxlanID    uint32
+	// existed is true when wg-X was there already (nothing made).
+	existed bool
+	// device is the in-process WireGuard device, nil for kernel WireGuard.
+	device device
+	// stopLiveness stops the server of Options.LivenessHTTP, nil without.
+	stopLiveness func()
 }
 
-// Create makes the interfaces. When wg-X already exists it only reports
-// it, so running twice is harmless.
+// Create makes the interfaces with the real kernel handles. When wg-X
+// already exists it only reports it, so running twice is harmless.
 func Create(k *kernel.Conn, wg *wgctrl.Client, o Options) (*Gateway, error) {
+	return create(realSystem(k, wg), o)
+}
+
+func create(sys system, o Options) (*Gateway, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -70,49 +137,52 @@ func Create(k *kernel.Conn, wg *wgctrl.Client, o Options) (*Gateway, error) {
 		return nil, fmt.Errorf("VXLAN id %d is over 24 bits", o.VXLANID)
 	}
 	ifs := o.Interfaces
-	g := &Gateway{Interfaces: ifs, VXLANID: o.VXLANID}
-	if dev, err := wg.Device(ifs.WireGuard); err == nil {
-		g.Existed, g.PublicKey, g.ListenPort = true, dev.PublicKey, dev.ListenPort
+	g := &Gateway{interfaces: ifs, vxlanID: o.VXLANID}
+	if dev, err := sys.wg.Device(ifs.WireGuard); err == nil {
+		g.existed, g.PublicKey, g.listenPort = true, dev.PublicKey, dev.ListenPort
 		g.LinkAddress = wgkex.LinkLocal(dev.PublicKey.String())
 		if o.LivenessHTTP {
-			if g.liveness, err = serveLiveness(g.LinkAddress, ifs.WireGuard, o.Logger); err != nil {
+			if g.stopLiveness, err = sys.serveLiveness(g.LinkAddress, ifs.WireGuard, o.Logger); err != nil {
 				return nil, err
 			}
 		}
 		return g, nil
 	}
-	if _, err := net.InterfaceByName(ifs.WireGuard); err == nil {
+	if _, err := sys.links.LinkIndex(ifs.WireGuard); err == nil {
 		return nil, fmt.Errorf("%s exists but is not a WireGuard device", ifs.WireGuard)
 	}
 
 	key := o.PrivateKey
 	if key == nil {
-		k, err := wgtypes.GeneratePrivateKey()
+		k, err := sys.newKey()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("private key for %s: %w", ifs.WireGuard, err)
 		}
 		key = &k
 	}
-	dev, err := wgdevice.Create(k, ifs.WireGuard, o.Userspace, o.Logger)
+	dev, err := sys.newDevice(ifs.WireGuard, o.Userspace, o.Logger)
 	if err != nil {
 		return nil, err
 	}
-	g.Userspace = dev
+	g.device = dev
 	fail := func(err error) (*Gateway, error) {
-		g.Close(k)
+		if cerr := g.close(sys.links); cerr != nil {
+			o.Logger.Warn("remove what was made", "err", cerr)
+		}
 		return nil, err
 	}
 	port := o.ListenPort
-	if err := wg.ConfigureDevice(ifs.WireGuard, wgtypes.Config{PrivateKey: key, ListenPort: &port}); err != nil {
+	if err := sys.wg.ConfigureDevice(ifs.WireGuard, wgtypes.Config{PrivateKey: key, ListenPort: &port}); err != nil {
 		return fail(fmt.Errorf("configure %s: %w", ifs.WireGuard, err))
 	}
-	wdev, err := wg.Device(ifs.WireGuard)
+	wdev, err := sys.wg.Device(ifs.WireGuard)
 	if err != nil {
 		return fail(fmt.Errorf("read %s: %w", ifs.WireGuard, err))
 	}
-	g.PublicKey, g.ListenPort = wdev.PublicKey, wdev.ListenPort
+	g.PublicKey, g.listenPort = wdev.PublicKey, wdev.ListenPort
 	g.LinkAddress = wgkex.LinkLocal(wdev.PublicKey.String())
 
+	k := sys.links
 	wgIndex, err := k.LinkIndex(ifs.WireGuard)
 	if err != nil {
 		return fail(err)
@@ -130,38 +200,53 @@ func Create(k *kernel.Conn, wg *wgctrl.Client, o Options) (*Gateway, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if err := k.AddAddr(vxIndex, GatewayAddress); err != nil {
+	if err := k.AddAddr(vxIndex, gatewayAddress); err != nil {
 		return fail(err)
 	}
 	if err := k.SetUp(vxIndex); err != nil {
 		return fail(err)
 	}
 	if o.LivenessHTTP {
-		if g.liveness, err = serveLiveness(g.LinkAddress, ifs.WireGuard, o.Logger); err != nil {
+		if g.stopLiveness, err = sys.serveLiveness(g.LinkAddress, ifs.WireGuard, o.Logger); err != nil {
 			return fail(err)
 		}
 	}
 	return g, nil
 }
 
-// Running reports whether this process must stay up for the gateway to
+// running reports whether this process must stay up for the gateway to
 // work: it runs userspace WireGuard or the liveness server.
-func (g *Gateway) Running() bool { return g.Userspace != nil || g.liveness != nil }
+func (g *Gateway) running() bool { return g.device != nil || g.stopLiveness != nil }
+
+// mode says how wg-X came to be, for the line Run prints.
+func (g *Gateway) mode() string {
+	switch {
+	case g.existed:
+		return "already there, left as it is"
+	case g.device != nil:
+		return "userspace (this process)"
+	}
+	return "kernel"
+}
 
 // Close stops the liveness server and removes what Create made (nothing
 // when the interfaces existed).
-func (g *Gateway) Close(k *kernel.Conn) error {
-	if g.liveness != nil {
-		g.liveness.close()
+func (g *Gateway) Close(k *kernel.Conn) error { return g.close(k) }
+
+func (g *Gateway) close(k links) error {
+	if g.stopLiveness != nil {
+		g.stopLiveness()
+		g.stopLiveness = nil
 	}
-	if g.Existed {
+	if g.existed {
 		return nil
 	}
-	return Delete(k, g.Interfaces, g.Userspace)
+	return deleteInterfaces(k, g.interfaces, g.device)
 }
 
-// Delete removes a domain's interfaces: vx-X, then wg-X.
-func Delete(k *kernel.Conn, ifs wgkex.Interfaces, userspace *wgdevice.Device) error {
+// deleteInterfaces removes a domain's interfaces: vx-X, then wg-X (and
+// the userspace device behind it, when there is one).
+func deleteInterfaces(k links, ifs wgkex.Interfaces, userspace device) error {
 	err := k.DeleteLink(ifs.VXLAN)
 	if userspace != nil {
 		userspace.Close() // closing the TUN removes the link
