@@ -95,3 +95,27 @@ broker:
 		t.Errorf("error spans lines: %v", err)
 	}
 }
+
+// A migrated Python config's logging_config root level becomes the log
+// level (WARNING: no line per request), unless log_level says otherwise.
+func TestPythonLoggingRootLevel(t *testing.T) {
+	const logging = "logging_config:\n  version: 1\n  root: {handlers: [console], level: WARNING}\n"
+	cfg, err := loadYAML(t, baseYAML+logging)
+	if err != nil || cfg.LogLevel != "WARNING" {
+		t.Fatalf("LogLevel %q, %v", cfg.LogLevel, err)
+	}
+	if lvl, _ := ParseLogLevel(cfg.LogLevel); lvl.String() != "WARN" {
+		t.Errorf("level %v", lvl)
+	}
+	if notes := strings.Join(cfg.Notes, "\n"); !strings.Contains(notes, "root level WARNING is used as the log level") {
+		t.Errorf("notes %q", notes)
+	}
+	cfg, err = loadYAML(t, baseYAML+logging+"log_level: debug\n")
+	if err != nil || cfg.LogLevel != "debug" || !strings.Contains(strings.Join(cfg.Notes, "\n"), "overridden by log_level") {
+		t.Errorf("log_level wins: %q %v %v", cfg.LogLevel, cfg.Notes, err)
+	}
+	cfg, err = loadYAML(t, baseYAML+"logging_config:\n  root: {level: NOTSET}\n")
+	if err != nil || cfg.LogLevel != "" || !strings.Contains(strings.Join(cfg.Notes, "\n"), "not a level wgkex knows") {
+		t.Errorf("unknown level: %q %v %v", cfg.LogLevel, cfg.Notes, err)
+	}
+}

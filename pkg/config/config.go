@@ -374,13 +374,34 @@ func Load(file string) (*Config, error) {
 	cfg.Client = Client{BrokerURL: p.strOr("client::broker_url", DefaultClientBroker)}
 
 	if v.IsSet("logging_config") {
-		cfg.Notes = append(cfg.Notes, "logging_config (Python logging) is ignored; use --log-level and --log-format")
+		cfg.Notes = append(cfg.Notes, pythonLogLevel(v, cfg))
 	}
 	cfg.Notes = append(cfg.Notes, unknownKeys(v)...)
 	if len(p.problems) > 0 {
 		return nil, &Error{File: cfg.File, Problems: withValidation(cfg, p.problems)}
 	}
 	return cfg, nil
+}
+
+// pythonLogLevel takes the root level of a Python logging_config as the
+// log level when log_level does not set one, so that a migrated config
+// that asked for WARNING does not log every request at info. Formatters
+// and handlers have no meaning here. It returns the note to log.
+func pythonLogLevel(v *viper.Viper, cfg *Config) string {
+	const ignored = "logging_config (Python logging): formatters and handlers are ignored; use --log-format"
+	raw, ok := v.Get("logging_config::root::level").(string)
+	level := strings.TrimSpace(raw)
+	switch {
+	case !ok || level == "":
+		return ignored
+	case cfg.LogLevel != "":
+		return ignored + fmt.Sprintf("; its root level %s is overridden by log_level %s", level, cfg.LogLevel)
+	}
+	if _, err := ParseLogLevel(level); err != nil {
+		return ignored + fmt.Sprintf("; its root level %q is not a level wgkex knows, so it is ignored too", level)
+	}
+	cfg.LogLevel = level
+	return ignored + "; its root level " + level + " is used as the log level"
 }
 
 // withValidation adds Validate's problems to the type problems of a Config
