@@ -18,6 +18,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 command -v busybox >/dev/null || need+=(busybox)      # nslookup/wget of the Gluon node replay
 command -v promtool >/dev/null || need+=(prometheus)  # alerting rules check and unit tests
+command -v signify-openbsd >/dev/null || need+=(signify-openbsd)  # verifies parker signatures
+command -v etcd >/dev/null || need+=(etcd-server)     # address management on etcd
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}"
