@@ -22,7 +22,13 @@ type Options struct {
 	// Username and Password, when set, are required of every client.
 	Username string
 	Password string
-	Logger   *slog.Logger
+	// Store is the path of a file in which the server keeps persistent
+	// sessions, the QoS 1 messages queued for them and retained messages
+	// across restarts, killed or stopped; it acknowledges a QoS 1 publish
+	// once the message is on disk in every persistent session it goes to
+	// (store.go). Empty keeps all of it in memory.
+	Store  string
+	Logger *slog.Logger
 }
 
 // Server is a running MQTT server.
@@ -36,6 +42,11 @@ type Server struct {
 // after its workers forget them.
 const retainedLifetime = 10 * 365 * 24 * 60 * 60
 
+// maxQueued is how many QoS 1 messages a session holds (queued while the
+// client is away, or unacknowledged): all the packet ids there are. mochi's
+// default of 8192 drops keys after four seconds away at 2,000 keys/s.
+const maxQueued = 65535
+
 // Start listens and serves in the background until Close.
 func Start(o Options) (*Server, error) {
 	if o.Logger == nil {
@@ -43,6 +54,12 @@ func Start(o Options) (*Server, error) {
 	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumMessageExpiryInterval = retainedLifetime
+	caps.MaximumInflight = maxQueued
+	if o.Store != "" {
+		// The store's guarantees cover QoS 1 flows; wgkex uses no QoS 2, and
+		// clients are told so in the CONNACK.
+		caps.MaximumQos = 1
+	}
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
 		Logger:       quieter(o.Logger).With("component", "embedded-mqtt"),
@@ -50,16 +67,30 @@ func Start(o Options) (*Server, error) {
 	if err := srv.AddHook(&authHook{user: []byte(o.Username), pass: []byte(o.Password)}, nil); err != nil {
 		return nil, fmt.Errorf("embedded MQTT server: %w", err)
 	}
+	var st *store
+	if o.Store != "" {
+		st = newStore(srv)
+		if err := srv.AddHook(st, o.Store); err != nil {
+			return nil, fmt.Errorf("embedded MQTT server: %w", err)
+		}
+	}
+	if err := srv.AddHook(newGuard(srv, st), nil); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("embedded MQTT server: %w", err)
+	}
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
+		srv.Close()
 		return nil, fmt.Errorf("embedded MQTT server: listen on %s: %w", o.Listen, err)
 	}
 	if err := srv.AddListener(listeners.NewNet("tcp", ln)); err != nil {
 		ln.Close()
+		srv.Close()
 		return nil, fmt.Errorf("embedded MQTT server: %w", err)
 	}
-	if err := srv.Serve(); err != nil {
+	if err := srv.Serve(); err != nil { // loads the store first
 		ln.Close()
+		srv.Close()
 		return nil, fmt.Errorf("embedded MQTT server: %w", err)
 	}
 	return &Server{srv: srv, addr: ln.Addr()}, nil
@@ -100,7 +131,7 @@ func (h *authHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 // when debug logging is on; warnings and errors always.
 func quieter(l *slog.Logger) *slog.Logger {
 	if l.Enabled(context.Background(), slog.LevelDebug) {
-		return l
+		return slog.New(minLevel{l.Handler(), slog.LevelDebug})
 	}
 	return slog.New(minLevel{l.Handler(), slog.LevelWarn})
 }
@@ -117,9 +148,10 @@ func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 // Handle drops two warnings mochi gives in normal operation: one for every
 // client with the default 5 s keepalive (it compares with <= against its
 // own recommended minimum of 5), and one for each connection it closes
-// itself on shutdown.
+// itself on shutdown. It also drops the debug line mochi writes for every
+// publish the store takes over (it rejects them to mochi, store.go).
 func (h minLevel) Handle(ctx context.Context, r slog.Record) error {
-	if strings.HasPrefix(r.Message, "client keepalive is below minimum") {
+	if strings.HasPrefix(r.Message, "client keepalive is below minimum") || r.Message == "publish packet rejected" {
 		return nil
 	}
 	noise := false
