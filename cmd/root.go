@@ -65,6 +65,7 @@ func NewRootCommand() *cobra.Command {
 		newClientCommand(g),
 		newConfigCommand(g),
 		newVersionCommand(),
+		newParkerCommand(),
 	)
 	return root
 }
