@@ -14,8 +14,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/freifunkMUC/wgkex/pkg/broker"
+	"github.com/freifunkMUC/wgkex/pkg/config"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/mqttserver"
+	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
 func newBrokerCommand(g *globals) *cobra.Command {
@@ -47,6 +49,12 @@ func runBroker(ctx context.Context, g *globals) error {
 		debug.SetGCPercent(400)
 	}
 
+	host, _ := os.Hostname()
+	name := cmp.Or(cfg.Broker.Name, host)
+	if !wgkex.ValidName(name) {
+		return fmt.Errorf("broker.name: the host name %q cannot stand in an MQTT topic; set broker.name", name)
+	}
+
 	// Bind the HTTP port first: a taken port fails before anything else starts.
 	ln, err := net.Listen("tcp", cfg.BrokerListen.Addr())
 	if err != nil {
@@ -69,13 +77,21 @@ func runBroker(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	host, _ := os.Hostname()
 	mo.ClientID = fmt.Sprintf("wgkex-broker-%s-%d", host, os.Getpid())
 	mo.Logger = log
+	var b *broker.Broker
+	// Other brokers count this one while it is connected (docs/protocol.md §3).
+	mo.Will = &mqtt.Will{Topic: wgkex.BrokerStatusTopic(name), Payload: []byte(wgkex.StatusOffline), QoS: 1, Retain: true}
+	mo.OnReady = func(ctx context.Context) {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := b.Announce(actx); err != nil && ctx.Err() == nil {
+			log.Warn("could not announce the broker on the bus; other brokers do not count it until the next connection", "err", err)
+		}
+	}
 	for _, f := range broker.Subscriptions() {
 		mo.Subscriptions = append(mo.Subscriptions, mqtt.Subscription{Filter: f, QoS: 1})
 	}
-	var b *broker.Broker
 	mo.OnMessage = func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }
 	client := mqtt.New(mo)
 	reg := newRegistry()
@@ -101,6 +117,7 @@ func runBroker(ctx context.Context, g *globals) error {
 	reg.MustRegister(limiter.Collector())
 
 	b = broker.New(broker.Options{
+		Name:             name,
 		Domains:          cfg.Domains,
 		Weight:           cfg.Weight,
 		Publisher:        client,
@@ -116,13 +133,21 @@ func runBroker(ctx context.Context, g *globals) error {
 		Blocked:          blocked.Contains,
 		Allowed:          allowed.Allowed,
 		Limit:            limiter.Wrap,
+		Sticky:           cfg.Broker.Selection == config.SelectionSticky,
+		StickyTolerance:  cfg.Broker.StickyTolerance,
 	})
-	if err := client.Start(ctx); err != nil {
+	// The connection outlives ctx, so that the broker can withdraw its status
+	// on the way out; the deferred Close ends it.
+	if err := client.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		// A clean disconnect sends no will: say 0 first.
+		if err := b.Withdraw(dctx); err != nil {
+			log.Warn("could not withdraw the broker's status; other brokers count it until its status changes", "err", err)
+		}
 		if err := client.Close(dctx); err != nil {
 			log.Warn("MQTT disconnect", "err", err)
 		}
@@ -136,6 +161,6 @@ func runBroker(ctx context.Context, g *globals) error {
 	}
 	cancel()
 
-	log.Info("broker listening", "addr", ln.Addr().String(), "domains", cfg.Domains)
+	log.Info("broker listening", "addr", ln.Addr().String(), "domains", cfg.Domains, "name", name, "selection", cfg.Broker.Selection)
 	return b.Serve(ctx, ln)
 }

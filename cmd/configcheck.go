@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -37,7 +38,7 @@ func newConfigCommand(g *globals) *cobra.Command {
 		},
 	}
 	check.Flags().StringVar(&name, "name", "", "worker name, as wgkex worker --name (default worker.name, else the host name)")
-	c.AddCommand(check)
+	c.AddCommand(check, newMosquittoACLCommand(g))
 	return c
 }
 
@@ -59,7 +60,7 @@ func runConfigCheck(out, errOut io.Writer, g *globals, nameFlag string) error {
 	if err != nil {
 		return err
 	}
-	printTransports(out, cfg, mo.Server)
+	printTransports(out, cfg, append([]*url.URL{mo.Server}, mo.Fallbacks...))
 	external, externalFrom := cfg.ExternalAddress(name), "externalName"
 	if cfg.ExternalName == "" {
 		externalFrom = "the worker name"
@@ -105,11 +106,13 @@ func resolveWorkerName(flag string, cfg *config.Config) (name, from string, err 
 	return name, from, nil
 }
 
-// printTransports says how each side connects, as pkg/mqtt dials server
-// (the URL OptionsFromConfig gives) and as the broker serves HTTP.
-func printTransports(w io.Writer, c *config.Config, server *url.URL) {
+// printTransports says how each side connects, as pkg/mqtt dials servers
+// (the URLs OptionsFromConfig gives, in the order they are tried), and as
+// the broker serves HTTP.
+func printTransports(w io.Writer, c *config.Config, servers []*url.URL) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	if c.Embedded() {
+		server := servers[0]
 		p("# broker -> MQTT: %s (its own embedded server, plain TCP)", server.Redacted())
 		p("# worker -> MQTT: %s (plain TCP, to the embedded server of a broker on this host)", server.Redacted())
 		auth := "username and password required"
@@ -118,9 +121,15 @@ func printTransports(w io.Writer, c *config.Config, server *url.URL) {
 		}
 		p("# embedded MQTT server: plain TCP on %s (%s)", c.MQTT.Listen, auth)
 	} else {
-		t := mqttTransport(c, server)
-		p("# broker -> MQTT: %s (%s)", server.Redacted(), t)
-		p("# worker -> MQTT: %s (%s)", server.Redacted(), t)
+		for _, side := range []string{"broker", "worker"} {
+			for i, server := range servers {
+				via := "MQTT"
+				if i > 0 {
+					via = fmt.Sprintf("MQTT, fallback %d", i)
+				}
+				p("# %s -> %s: %s (%s)", side, via, server.Redacted(), mqttTransport(c, server))
+			}
+		}
 	}
 	p("# HTTP API (broker): plain HTTP on %s", c.BrokerListen.Addr())
 	if c.Worker.MetricsListen != "" {
@@ -163,6 +172,14 @@ func loopbackHost(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
+// redactURL masks the password of a broker_url entry that carries one.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && strings.Contains(raw, "://") {
+		return u.Redacted()
+	}
+	return raw
+}
+
 func mask(s string) string {
 	if s == "" {
 		return `""`
@@ -203,7 +220,18 @@ func printConfig(w io.Writer, c *config.Config) {
 	}
 	p("externalName: %q", c.ExternalName)
 	p("mqtt:")
-	p("  broker_url: %q%s", c.MQTT.BrokerURL, map[bool]string{true: "   # embedded server (broker)", false: ""}[c.Embedded()])
+	switch urls := c.MQTT.BrokerURLs; len(urls) {
+	case 0:
+		p("  broker_url: \"\"   # embedded server (broker)")
+	case 1:
+		p("  broker_url: %q", redactURL(urls[0]))
+	default:
+		quoted := make([]string, len(urls))
+		for i, u := range urls {
+			quoted[i] = strconv.Quote(redactURL(u))
+		}
+		p("  broker_url: [%s]   # tried in this order", strings.Join(quoted, ", "))
+	}
 	p("  broker_port: %d", c.MQTT.Port)
 	p("  username: %q", c.MQTT.Username)
 	p("  password: %s", mask(c.MQTT.Password))

@@ -32,6 +32,10 @@ type Publisher interface {
 
 // Options configure a Broker.
 type Options struct {
+	// Name is this broker's name on the bus: Announce and Withdraw publish
+	// its status on wireguard-broker/<Name>/status. "" announces nothing
+	// (the broker still counts the others).
+	Name    string
 	Domains []string
 	// Weight gives a worker's configured weight (1 when unlisted).
 	Weight    func(worker string) int
@@ -75,10 +79,18 @@ type Options struct {
 	// Limit wraps the two key exchange handlers, e.g. with rate limits.
 	// Nil: no limit.
 	Limit func(http.Handler) http.Handler
+
+	// Sticky selects gateways by weighted rendezvous hashing of the node's
+	// key (docs/protocol.md §4): the same gateway on every request while it
+	// is a candidate and at most StickyTolerance percent above its weighted
+	// share; else, and without Sticky, the least loaded one.
+	Sticky          bool
+	StickyTolerance float64
 }
 
 // Broker serves the key exchange API. Create it with New.
 type Broker struct {
+	name    string
 	domains map[string]bool
 	names   []string
 	pub     Publisher
@@ -122,6 +134,7 @@ func New(o Options) *Broker {
 		o.MaxConnections = DefaultMaxConnections
 	}
 	b := &Broker{
+		name:    o.Name,
 		domains: make(map[string]bool, len(o.Domains)),
 		names:   append([]string(nil), o.Domains...),
 		pub:     o.Publisher,
@@ -129,7 +142,8 @@ func New(o Options) *Broker {
 		timeout: o.PublishTimeout,
 		log:     o.Logger,
 		state: newState(stateConfig{weight: o.Weight, now: o.Now, listed: o.KnownWorkers,
-			knownOnly: o.KnownWorkersOnly, expiry: o.WorkerExpiry}),
+			knownOnly: o.KnownWorkersOnly, expiry: o.WorkerExpiry,
+			sticky: o.Sticky, tolerance: o.StickyTolerance, self: o.Name}),
 		mux:     http.NewServeMux(),
 		isUp:    o.Connected,
 		blocked: o.Blocked,
@@ -179,7 +193,31 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.Serve
 
 // Subscriptions are the topic filters the broker needs (docs/protocol.md §3).
 func Subscriptions() []string {
-	return []string{wgkex.FilterMetrics, wgkex.FilterWorkerStatus, wgkex.FilterWorkerData}
+	return []string{wgkex.FilterMetrics, wgkex.FilterWorkerStatus, wgkex.FilterWorkerData, wgkex.FilterBrokerStatus}
+}
+
+// Announce publishes this broker's status 1, retained, so that the other
+// brokers count it. Call it on every connection, once the subscriptions
+// are in (the connection's will, status 0, covers a crash). Without a name
+// it does nothing.
+func (b *Broker) Announce(ctx context.Context) error {
+	return b.publishStatus(ctx, wgkex.StatusOnline)
+}
+
+// Withdraw publishes this broker's status 0, retained: call it before a
+// clean disconnect, which does not send the will.
+func (b *Broker) Withdraw(ctx context.Context) error {
+	return b.publishStatus(ctx, wgkex.StatusOffline)
+}
+
+func (b *Broker) publishStatus(ctx context.Context, status string) error {
+	if b.name == "" {
+		return nil
+	}
+	if err := b.pub.Publish(ctx, wgkex.BrokerStatusTopic(b.name), []byte(status), 1, true); err != nil {
+		return fmt.Errorf("publish broker status %s: %w", status, err)
+	}
+	return nil
 }
 
 // decodeRequest parses a key exchange body, whatever its Content-Type
@@ -249,7 +287,7 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 			writeJSON(w, http.StatusOK, wgkex.ReplyV1{Message: "OK"})
 			return
 		}
-		choice, err := b.state.Choose(req.Domain)
+		choice, err := b.state.Choose(req.Domain, req.PublicKey)
 		switch {
 		case errors.Is(err, ErrNoGateway):
 			b.log.Warn("no gateway online", "domain", req.Domain)
@@ -261,7 +299,10 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 			return
 		}
 		b.metrics.choices.WithLabelValues(choice.Worker, req.Domain).Inc()
-		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker)
+		if b.state.sticky {
+			b.metrics.stickyRule(choice.Hashed).Inc()
+		}
+		b.log.Debug("gateway chosen", "domain", req.Domain, "worker", choice.Worker, "hashed", choice.Hashed)
 		d := choice.Data
 		// A Python worker may publish its link address with a prefix
 		// length; nodes append /128 to AllowedIPs[0] and use it as the
@@ -290,11 +331,22 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 		b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
 		return
 	}
-	if t.Kind != wgkex.TopicStatus && !b.domains[t.Domain] {
+	if t.Kind != wgkex.TopicStatus && t.Kind != wgkex.TopicBrokerStatus && !b.domains[t.Domain] {
 		b.log.Debug("dropping MQTT message for a domain not configured here", "topic", topic)
 		return
 	}
 	switch t.Kind {
+	case wgkex.TopicBrokerStatus:
+		online := false
+		if len(payload) > 0 { // an empty payload clears a retained status
+			if online, err = wgkex.ParseStatus(payload); err != nil {
+				b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+				return
+			}
+		}
+		if b.keep(topic, b.state.SetBrokerOnline(t.Broker, online)) {
+			b.log.Info("broker status", "broker", t.Broker, "online", online, "brokers_online", b.state.onlineBrokers())
+		}
 	case wgkex.TopicStatus:
 		online := false
 		if len(payload) > 0 { // an empty payload clears a retained status
@@ -347,7 +399,7 @@ func (b *Broker) keep(topic string, err error) bool {
 	switch {
 	case err == nil:
 		return true
-	case errors.Is(err, ErrUnlistedWorker), errors.Is(err, ErrTooManyWorkers):
+	case errors.Is(err, ErrUnlistedWorker), errors.Is(err, ErrTooManyWorkers), errors.Is(err, ErrTooManyBrokers):
 		b.log.Debug("dropping MQTT message", "topic", topic, "err", err)
 		b.ignoredMu.Lock()
 		defer b.ignoredMu.Unlock()

@@ -15,6 +15,16 @@ type metrics struct {
 	published *prometheus.CounterVec   // domain
 	pubFailed prometheus.Counter
 	choices   *prometheus.CounterVec // worker, domain
+	sticky    *prometheus.CounterVec // rule
+}
+
+// stickyRule is the counter of sticky-mode choices made by the hashed rule
+// or by its least-loaded fallback.
+func (m *metrics) stickyRule(hashed bool) prometheus.Counter {
+	if hashed {
+		return m.sticky.WithLabelValues("hashed")
+	}
+	return m.sticky.WithLabelValues("least_loaded")
 }
 
 func newMetrics(reg prometheus.Registerer, b *Broker) *metrics {
@@ -35,11 +45,19 @@ func newMetrics(reg prometheus.Registerer, b *Broker) *metrics {
 		choices: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wgkex_broker_gateway_choices_total", Help: "Gateways handed out by v2, by worker and domain.",
 		}, []string{"worker", "domain"}),
+		sticky: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_broker_sticky_choices_total",
+			Help: "v2 choices in broker.selection sticky, by rule: hashed (the node's own gateway) or least_loaded (it was over broker.sticky_tolerance).",
+		}, []string{"rule"}),
+	}
+	if b.state.sticky {
+		m.sticky.WithLabelValues("hashed")
+		m.sticky.WithLabelValues("least_loaded")
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.requests, m.latency, m.published, m.pubFailed, m.choices,
+	reg.MustRegister(m.requests, m.latency, m.published, m.pubFailed, m.choices, m.sticky,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "wgkex_mqtt_connected", Help: "1 while the MQTT connection is up and subscribed.",
 		}, func() float64 { return boolFloat(b.connected()) }),
@@ -55,6 +73,8 @@ var (
 	descPeers  = prometheus.NewDesc("wgkex_broker_worker_connected_peers",
 		"connected_peers as last reported (plus the broker's own count since), by worker and domain.", []string{"worker", "domain"}, nil)
 	descWorkerUp = prometheus.NewDesc("wgkex_broker_worker_online", "1 when the worker's last status was online.", []string{"worker"}, nil)
+	descBrokers  = prometheus.NewDesc("wgkex_broker_brokers_online",
+		"Brokers online on the bus, this one included: what a v2 choice adds to the chosen gateway's count.", nil, nil)
 	descGateways = prometheus.NewDesc("wgkex_broker_domain_gateways",
 		"Gateways v2 can hand out for the domain now: online, serving it (connected_peers >= 0) and with its data message (0: v2 answers 400 or 500).",
 		[]string{"domain"}, nil)
@@ -65,6 +85,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPeers
 	ch <- descWorkerUp
 	ch <- descGateways
+	ch <- descBrokers
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -84,6 +105,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descOnline, prometheus.GaugeValue, float64(online))
+	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.b.state.onlineBrokers()))
 	// Every configured domain, so that "none" is a 0 an alert can see;
 	// once each, as a repeated series would fail the whole scrape.
 	for d := range c.b.domains {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
+
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -36,8 +38,8 @@ const DefaultWorkerExpiry = 10 * time.Minute
 // flood of new names cannot make every message a scan of the whole table.
 const minSweepGap = time.Second
 
-// State is what the broker knows of the workers from the bus. It is safe for
-// concurrent use.
+// State is what the broker knows of the workers, and of the other brokers,
+// from the bus. It is safe for concurrent use.
 //
 // Worker names are compared case-insensitively (they are host names), so the
 // table is keyed by the lower-cased name. Workers listed in the configuration
@@ -55,12 +57,19 @@ type State struct {
 	nextSweep time.Time
 	weight    func(worker string) int
 	now       func() time.Time
+	// sticky selects by rendezvous hashing of the node's key, within
+	// tolerance (a fraction) of the gateway's share; else least loaded.
+	sticky    bool
+	tolerance float64
 
 	ignoredUnlisted, ignoredFull, evicted uint64
+
+	brokerTable // the brokers on the bus, this one included (brokers.go)
 }
 
 type workerState struct {
 	name     string // as first heard, for display
+	id       string // lower-cased name: the table key, and what sticky choices hash
 	listed   bool
 	online   bool
 	peers    map[string]int // domain -> connected_peers; absent = not serving
@@ -79,6 +88,10 @@ type stateConfig struct {
 	knownOnly bool
 	expiry    time.Duration
 	budget    int
+
+	sticky    bool
+	tolerance float64 // percent
+	self      string  // this broker's name; "" when it does not announce itself
 }
 
 func newState(c stateConfig) *State {
@@ -95,7 +108,9 @@ func newState(c stateConfig) *State {
 		c.budget = maxUnlisted
 	}
 	s := &State{workers: map[string]*workerState{}, listed: map[string]bool{}, knownOnly: c.knownOnly,
-		budget: c.budget, expiry: c.expiry, weight: c.weight, now: c.now}
+		budget: c.budget, expiry: c.expiry, weight: c.weight, now: c.now,
+		sticky: c.sticky, tolerance: max(c.tolerance, 0) / 100}
+	s.brokerTable = newBrokerTable(c.self)
 	for _, n := range c.listed {
 		s.listed[strings.ToLower(n)] = true
 	}
@@ -119,7 +134,7 @@ func (s *State) worker(name string) (*workerState, error) {
 			s.ignoredFull++
 			return nil, ErrTooManyWorkers
 		}
-		w = &workerState{name: name, listed: listed, peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
+		w = &workerState{name: name, id: key, listed: listed, peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
 		s.workers[key] = w
 		if !listed {
 			s.unlisted++
@@ -207,45 +222,77 @@ func (s *State) SetData(worker, domain string, d *wgkex.WorkerData) error {
 type Choice struct {
 	Worker string
 	Data   wgkex.WorkerData
+	// Hashed: the sticky rule's own choice (false: least loaded, by
+	// configuration or as its fallback).
+	Hashed bool
 }
 
-// Choose picks the gateway for a new peer on domain (docs/protocol.md §4) and
-// counts the peer for it, so a burst of requests spreads out before the
-// next metrics message corrects the count.
+// Choose picks the gateway for a new peer with key on domain
+// (docs/protocol.md §4) and counts the peer for it, so a burst of requests
+// spreads out before the next metrics message corrects the count.
+//
+// It counts the peer once for every broker online (at least this one): each
+// of N brokers sharing the requests sees only its own choices, and counting
+// each N times lets every one of them estimate what all of them together
+// have handed out since the gateway's last metrics message.
 //
 // A worker without a data message for domain cannot be handed out and is no
 // candidate. ErrNoGateway: no worker online serves domain; ErrNoGatewayData:
 // some do, but none of them has sent its data message for it.
-func (s *State) Choose(domain string) (Choice, error) {
+func (s *State) Choose(domain, key string) (Choice, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w, err := s.best(domain)
+	cs, err := s.candidates(domain)
 	if err != nil {
 		return Choice{}, err
 	}
-	w.peers[domain] = addSat(w.peers[domain], 1)
-	return Choice{Worker: w.name, Data: w.data[domain]}, nil
+	var w *workerState
+	hashed := false
+	if s.sticky {
+		w = cs.sticky(key, s.tolerance)
+		hashed = w != nil
+	}
+	if w == nil {
+		w = cs.leastLoaded()
+	}
+	w.peers[domain] = addSat(w.peers[domain], s.brokersOnline())
+	return Choice{Worker: w.name, Data: w.data[domain], Hashed: hashed}, nil
 }
 
-// Best is Choose without counting: which worker would be chosen now.
+// Best is which worker the least-loaded rule would choose now, without
+// counting (for the status page; a sticky choice depends on the node).
 func (s *State) Best(domain string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w, err := s.best(domain)
+	cs, err := s.candidates(domain)
 	if err != nil {
 		return "", false
 	}
-	return w.name, true
+	return cs.leastLoaded().name, true
 }
 
-func (s *State) best(domain string) (*workerState, error) {
-	type cand struct {
-		w      *workerState
-		peers  int
-		weight int
-	}
-	var cands []cand
-	total, weights, dataless := 0, 0, 0
+// candidate is a worker that can take a peer on a domain.
+type candidate struct {
+	w      *workerState
+	peers  int // over all domains
+	weight int
+}
+
+// candidateSet are the candidates for one domain, sorted by name, with
+// their totals.
+type candidateSet struct {
+	list           []candidate
+	total, weights int
+}
+
+// target is c's weighted share of the candidates' peers.
+func (cs *candidateSet) target(c candidate) float64 {
+	return float64(c.weight) / float64(cs.weights) * float64(cs.total)
+}
+
+func (s *State) candidates(domain string) (*candidateSet, error) {
+	cs := &candidateSet{}
+	dataless := 0
 	for _, w := range s.workers {
 		if n, ok := w.peers[domain]; !w.online || !ok || n < 0 {
 			continue
@@ -254,31 +301,70 @@ func (s *State) best(domain string) (*workerState, error) {
 			dataless++
 			continue
 		}
-		c := cand{w: w, weight: s.weight(w.name)}
+		c := candidate{w: w, weight: s.weight(w.name)}
 		for _, n := range w.peers {
 			c.peers = addSat(c.peers, n)
 		}
-		cands = append(cands, c)
-		total = addSat(total, c.peers)
-		weights = addSat(weights, c.weight)
+		cs.list = append(cs.list, c)
+		cs.total = addSat(cs.total, c.peers)
+		cs.weights = addSat(cs.weights, c.weight)
 	}
-	if len(cands) == 0 || weights <= 0 {
+	if len(cs.list) == 0 || cs.weights <= 0 {
 		if dataless > 0 {
 			return nil, ErrNoGatewayData
 		}
 		return nil, ErrNoGateway
 	}
 	// Ties go to the first name, so the choice does not depend on map order.
-	sort.Slice(cands, func(i, j int) bool { return cands[i].w.name < cands[j].w.name })
+	sort.Slice(cs.list, func(i, j int) bool { return cs.list[i].w.name < cs.list[j].w.name })
+	return cs, nil
+}
+
+// leastLoaded is the candidate furthest below its weighted share.
+func (cs *candidateSet) leastLoaded() *workerState {
 	var best *workerState
 	bestDiff := 0.0
-	for _, c := range cands {
-		diff := float64(c.peers) - float64(c.weight)/float64(weights)*float64(total)
+	for _, c := range cs.list {
+		diff := float64(c.peers) - cs.target(c)
 		if best == nil || diff < bestDiff {
 			best, bestDiff = c.w, diff
 		}
 	}
-	return best, nil
+	return best
+}
+
+// sticky is the candidate weighted rendezvous hashing gives key, or nil when
+// that one has more than tolerance (a fraction) above its weighted share.
+// Every broker computes the same candidate from the same candidates, without
+// sharing any state, and a node keeps it while that gateway stays a
+// candidate within tolerance: when another candidate joins or leaves, only
+// the nodes that hash to it move.
+func (cs *candidateSet) sticky(key string, tolerance float64) *workerState {
+	var top candidate
+	topScore := math.Inf(-1)
+	for _, c := range cs.list {
+		if sc := rendezvousScore(key, c.w.id, c.weight); sc > topScore {
+			top, topScore = c, sc
+		}
+	}
+	if float64(top.peers) > cs.target(top)*(1+tolerance) {
+		return nil
+	}
+	return top.w
+}
+
+// rendezvousScore is the weighted highest-random-weight score of worker for
+// key: -weight / ln(u), u uniform in (0, 1) from a hash of both. Over random
+// keys the highest score falls to each worker in proportion to its weight.
+func rendezvousScore(key, worker string, weight int) float64 {
+	var d xxhash.Digest
+	d.Reset()
+	d.WriteString(key)
+	d.WriteString("\x00")
+	d.WriteString(worker)
+	// The top 53 bits, centred in their interval: never 0 or 1.
+	u := (float64(d.Sum64()>>11) + 0.5) / (1 << 53)
+	return -float64(weight) / math.Log(u)
 }
 
 // addSat adds two non-negative counts, stopping at math.MaxInt instead of

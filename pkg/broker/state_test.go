@@ -46,7 +46,7 @@ func TestChooseWorkedCases(t *testing.T) {
 			s := newState(stateConfig{weight: weights(tc.weights)})
 			online(s, "w1", tc.w1)
 			online(s, "w2", tc.w2)
-			c, err := s.Choose("d")
+			c, err := s.Choose("d", testKey)
 			if err != nil || c.Worker != tc.want {
 				t.Fatalf("Choose = %q, %v; want %q", c.Worker, err, tc.want)
 			}
@@ -57,11 +57,11 @@ func TestChooseWorkedCases(t *testing.T) {
 func TestChooseEdgeCases(t *testing.T) {
 	t.Run("no candidate", func(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
-		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGateway) {
+		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
 		s.SetOnline("w1", true) // online, but no metric for d yet
-		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGateway) {
+		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -70,7 +70,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		online(s, "w1", map[string]int{"d": 0})
 		online(s, "w2", map[string]int{"d": 100})
 		s.SetOnline("w1", false)
-		if c, _ := s.Choose("d"); c.Worker != "w2" {
+		if c, _ := s.Choose("d", testKey); c.Worker != "w2" {
 			t.Fatalf("chose %q", c.Worker)
 		}
 	})
@@ -78,10 +78,10 @@ func TestChooseEdgeCases(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0, "e": 0})
 		s.SetConnectedPeers("w1", "d", -1)
-		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGateway) {
+		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
-		if _, err := s.Choose("e"); err != nil {
+		if _, err := s.Choose("e", testKey); err != nil {
 			t.Fatalf("other domain: %v", err)
 		}
 	})
@@ -92,7 +92,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		online(s, "w3", map[string]int{"d": 0})
 		count := map[string]int{}
 		for i := 0; i < 30; i++ {
-			c, err := s.Choose("d")
+			c, err := s.Choose("d", testKey)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +108,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		online(s, "w2", map[string]int{"d": 0})
 		count := map[string]int{}
 		for i := 0; i < 40; i++ {
-			c, _ := s.Choose("d")
+			c, _ := s.Choose("d", testKey)
 			count[c.Worker]++
 		}
 		if count["w1"] != 30 || count["w2"] != 10 {
@@ -119,7 +119,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		s.SetOnline("w1", true)
 		s.SetConnectedPeers("w1", "d", 3)
-		c, err := s.Choose("d")
+		c, err := s.Choose("d", testKey)
 		if !errors.Is(err, ErrNoGatewayData) || c.Worker != "" {
 			t.Fatalf("Choose = %+v, %v", c, err)
 		}
@@ -131,7 +131,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 3})
 		s.SetData("w1", "d", nil)
-		if _, err := s.Choose("d"); !errors.Is(err, ErrNoGatewayData) {
+		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGatewayData) {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -148,7 +148,7 @@ func TestChooseConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 100; i++ {
-				if _, err := s.Choose("d"); err != nil {
+				if _, err := s.Choose("d", testKey); err != nil {
 					t.Error(err)
 					return
 				}

@@ -13,12 +13,23 @@ import (
 type Status struct {
 	Service       string         `json:"service"`
 	MQTTConnected bool           `json:"mqtt_connected"`
+	Selection     string         `json:"selection"` // v2's rule: least_loaded or sticky
 	Domains       []DomainStatus `json:"domains"`
 	Workers       []WorkerStatus `json:"workers"`
+	Brokers       []BrokerStatus `json:"brokers"` // this one included
 	Time          time.Time      `json:"time"`
 }
 
-// DomainStatus names the worker v2 would choose now for a domain.
+// BrokerStatus is one broker as last heard of.
+type BrokerStatus struct {
+	Name       string    `json:"name"`
+	Online     bool      `json:"online"`
+	LastSeen   time.Time `json:"last_message,omitzero"` // left out while never heard on the bus
+	ThisBroker bool      `json:"this_broker,omitempty"`
+}
+
+// DomainStatus names the worker v2 would choose now for a domain (with
+// sticky selection: for a node whose own gateway is over its share).
 type DomainStatus struct {
 	Name   string `json:"name"`
 	Chosen string `json:"chosen,omitempty"`
@@ -44,7 +55,14 @@ type WorkerDomain struct {
 
 // Status assembles the current Status.
 func (b *Broker) Status() Status {
-	st := Status{Service: "wgkex broker", MQTTConnected: b.connected(), Time: b.now().UTC()}
+	st := Status{Service: "wgkex broker", MQTTConnected: b.connected(), Selection: "least_loaded", Time: b.now().UTC(),
+		Brokers: []BrokerStatus{}}
+	if b.state.sticky {
+		st.Selection = "sticky"
+	}
+	for _, bs := range b.state.Brokers() {
+		st.Brokers = append(st.Brokers, BrokerStatus{Name: bs.Name, Online: bs.Online, LastSeen: bs.LastSeen.UTC(), ThisBroker: bs.Self})
+	}
 	for _, d := range b.names {
 		chosen, _ := b.state.Best(d)
 		st.Domains = append(st.Domains, DomainStatus{Name: d, Chosen: chosen})
@@ -129,9 +147,13 @@ th{background:#f0f0f0} code{font-size:.8rem}
 <h1>wgkex broker</h1>
 <div class="sub">WireGuard key exchange &middot; MQTT {{if .MQTTConnected}}<span class="on">connected</span>{{else}}<span class="off">not connected</span>{{end}} &middot; {{.Time.Format "2006-01-02 15:04:05 MST"}}</div>
 <h2>Domains</h2>
-<table><tr><th>domain</th><th>v2 would choose now</th></tr>
+<table><tr><th>domain</th><th>v2 would choose now{{if eq .Selection "sticky"}} (sticky selection: for a node whose own gateway is over its share){{end}}</th></tr>
 {{range .Domains}}<tr><td>{{.Name}}</td><td>{{if .Chosen}}{{.Chosen}}{{else}}<span class="off">no gateway online</span>{{end}}</td></tr>
 {{end}}</table>
+<h2>Brokers</h2>
+<table><tr><th>broker</th><th>status</th><th>last message</th></tr>
+{{range .Brokers}}<tr><td>{{.Name}}{{if .ThisBroker}} <span class="muted">(this broker)</span>{{end}}</td><td>{{if .Online}}<span class="on">online</span>{{else}}<span class="off">offline</span>{{end}}</td><td>{{ago .LastSeen}}</td></tr>
+{{else}}<tr><td colspan="3" class="muted">no broker heard of yet</td></tr>{{end}}</table>
 <h2>Workers</h2>
 <table><tr><th>worker</th><th>status</th><th>weight</th><th>last message</th><th>domain</th><th>connected peers</th><th>endpoint</th><th>public key</th><th>link address</th></tr>
 {{range $w := .Workers}}{{$doms := sortedDomains $w.Domains}}{{if $doms}}{{range $i, $d := $doms}}{{$x := index $w.Domains $d}}<tr>

@@ -70,7 +70,7 @@ func TestExpiry(t *testing.T) {
 	}
 	// A forgotten worker that comes back starts afresh.
 	online(s, "offline", map[string]int{"d": 5})
-	if c, err := s.Choose("d"); err != nil || c.Worker == "" {
+	if c, err := s.Choose("d", testKey); err != nil || c.Worker == "" {
 		t.Fatalf("returning worker: %+v %v", c, err)
 	}
 }
@@ -108,7 +108,7 @@ func TestFloodOfMadeUpNames(t *testing.T) {
 				t.Errorf("stats %+v, want %d unlisted and %d ignored", st, wantUnlisted, wantIgnored)
 			}
 			for range 3 {
-				c, err := s.Choose("d")
+				c, err := s.Choose("d", testKey)
 				if err != nil || (c.Worker != "gw04" && c.Worker != "GW05") {
 					t.Fatalf("v2 chose %q, %v", c.Worker, err)
 				}
@@ -177,7 +177,7 @@ func TestWorkerWithoutDataSkipped(t *testing.T) {
 	s.SetOnline("nodata", true) // fewest peers: it would win
 	s.SetConnectedPeers("nodata", "d", 0)
 	for range 5 {
-		c, err := s.Choose("d")
+		c, err := s.Choose("d", testKey)
 		if err != nil || c.Worker != "busy" {
 			t.Fatalf("Choose = %q, %v; want busy", c.Worker, err)
 		}
@@ -193,7 +193,7 @@ func TestWorkerWithoutDataSkipped(t *testing.T) {
 func TestCountersSaturate(t *testing.T) {
 	s := newState(stateConfig{weight: weights(map[string]int{"w2": math.MaxInt})})
 	online(s, "w1", map[string]int{"d": math.MaxInt, "e": math.MaxInt})
-	if c, err := s.Choose("d"); err != nil || c.Worker != "w1" {
+	if c, err := s.Choose("d", testKey); err != nil || c.Worker != "w1" {
 		t.Fatalf("Choose = %q, %v", c.Worker, err)
 	}
 	if got := s.Snapshot()[0].Peers["d"]; got != math.MaxInt {
@@ -201,7 +201,7 @@ func TestCountersSaturate(t *testing.T) {
 	}
 	online(s, "w2", map[string]int{"d": 0})
 	for range 3 {
-		if c, err := s.Choose("d"); err != nil || c.Worker != "w2" {
+		if c, err := s.Choose("d", testKey); err != nil || c.Worker != "w2" {
 			t.Fatalf("Choose = %q, %v; want w2 (fewest peers, largest weight)", c.Worker, err)
 		}
 	}

@@ -34,11 +34,22 @@ const (
 	DefaultCleanupInterval = time.Hour
 	DefaultPeerTimeout     = 3 * time.Hour
 	DefaultNewPeerGrace    = 10 * time.Minute
-	DefaultReceiveMaximum  = 4096
+	DefaultReceiveMaximum  = 16384
 	DefaultStateDir        = "/var/lib/wgkex"
 	DefaultClientBroker    = "http://127.0.0.1:5000"
 	DefaultMaxConnections  = 4096
 	DefaultWorkerExpiry    = 10 * time.Minute
+	DefaultStickyTolerance = 10.0 // percent
+)
+
+// Gateway selection rules of the broker (broker.selection).
+const (
+	// SelectionLeastLoaded hands out the candidate furthest below its
+	// weighted share (docs/protocol.md §4), the original's rule.
+	SelectionLeastLoaded = "least_loaded"
+	// SelectionSticky gives a node the same gateway on every request while
+	// that gateway is online and within broker.sticky_tolerance of its share.
+	SelectionSticky = "sticky"
 )
 
 // Rate limit defaults (see README "Rate limits" for the arithmetic): one
@@ -79,15 +90,17 @@ type Config struct {
 
 // MQTT is the bus connection, and the embedded server's settings.
 type MQTT struct {
-	BrokerURL string // host name, IP or URL; "" runs the embedded server (broker)
-	Port      int
-	Username  string
-	Password  string
-	Keepalive int // seconds
-	TLS       bool
-	CAFile    string
-	CertFile  string
-	KeyFile   string
+	// BrokerURLs are the MQTT servers (host name, IP or URL), tried in
+	// order on every (re)connection; none runs the embedded server (broker).
+	BrokerURLs []string
+	Port       int
+	Username   string
+	Password   string
+	Keepalive  int // seconds
+	TLS        bool
+	CAFile     string
+	CertFile   string
+	KeyFile    string
 	// Listen is where the broker's embedded MQTT server listens.
 	Listen string
 }
@@ -105,6 +118,14 @@ type Listen struct {
 
 // Broker holds the settings only the broker reads.
 type Broker struct {
+	// Name is the broker's name on the bus (wireguard-broker/<name>/status);
+	// "" means the host name.
+	Name string
+	// Selection is SelectionLeastLoaded (also "") or SelectionSticky.
+	Selection string
+	// StickyTolerance (percent) is how far above its weighted share a
+	// gateway may be and still keep getting its sticky nodes.
+	StickyTolerance float64
 	// KnownWorkersOnly ignores (and counts) state from worker names not in
 	// workers:. Load makes it default to true when workers: lists any.
 	KnownWorkersOnly bool
@@ -161,17 +182,18 @@ func (c *Config) Weight(worker string) int {
 }
 
 // Embedded reports whether the broker should run its own MQTT server.
-func (c *Config) Embedded() bool { return c.MQTT.BrokerURL == "" }
+func (c *Config) Embedded() bool { return len(c.MQTT.BrokerURLs) == 0 }
 
-// ServerURL is the MQTT server to connect to: broker_url with broker_port
-// and the scheme tls selects, or broker_url itself when it is a URL. With the
-// embedded server it is the server's own listen address. The scheme alone
-// decides whether the connection is TLS (see TLSScheme): tls: true with a
-// plain-text scheme, or with the embedded server, is an error rather than a
-// silently plain connection.
-func (c *Config) ServerURL() (*url.URL, error) {
-	if p := c.MQTT.tlsConflict(); p != nil {
-		return nil, errors.New(p.String())
+// ServerURLs are the MQTT servers to connect to, in the order they are
+// tried: each broker_url with broker_port and the scheme tls selects, or
+// as given when it is a URL. With the embedded server it is the server's
+// own listen address. The scheme alone decides whether a connection is
+// TLS (see TLSScheme): tls: true with a plain-text scheme, or with the
+// embedded server, is an error rather than a silently plain connection.
+// The error names every bad entry, and with several its place in the list.
+func (c *Config) ServerURLs() ([]*url.URL, error) {
+	if ps := c.MQTT.tlsConflicts(); len(ps) > 0 {
+		return nil, errors.New(joinProblems(ps))
 	}
 	if c.Embedded() {
 		host, port, err := net.SplitHostPort(c.MQTT.Listen)
@@ -181,29 +203,84 @@ func (c *Config) ServerURL() (*url.URL, error) {
 		if host == "" || host == "0.0.0.0" || host == "::" {
 			host = "127.0.0.1"
 		}
-		return &url.URL{Scheme: "mqtt", Host: net.JoinHostPort(host, port)}, nil
+		return []*url.URL{{Scheme: "mqtt", Host: net.JoinHostPort(host, port)}}, nil
 	}
-	if strings.Contains(c.MQTT.BrokerURL, "://") {
-		u, err := url.Parse(c.MQTT.BrokerURL)
+	urls, ps := c.MQTT.serverURLs()
+	if len(ps) > 0 {
+		return nil, errors.New(joinProblems(ps))
+	}
+	return urls, nil
+}
+
+// serverURLs parses broker_url, one problem per bad or repeated entry.
+func (m MQTT) serverURLs() ([]*url.URL, []Problem) {
+	var (
+		urls []*url.URL
+		ps   []Problem
+		seen = map[string]int{}
+	)
+	for i, raw := range m.BrokerURLs {
+		u, err := m.serverURL(raw)
+		if err == nil {
+			if first, ok := seen[u.String()]; ok {
+				err = fmt.Errorf("%s is already item %d", u.Redacted(), first)
+			} else {
+				seen[u.String()] = i + 1
+			}
+		}
 		if err != nil {
-			return nil, fmt.Errorf("mqtt.broker_url: %w", err)
+			ps = append(ps, Problem{Key: "mqtt.broker_url", Msg: m.brokerURLItem(i) + err.Error()})
+			continue
+		}
+		urls = append(urls, u)
+	}
+	return urls, ps
+}
+
+// brokerURLItem names entry i of broker_url in a message: nothing when
+// the key holds one server, as it always did, else its place in the list
+// (counted from 1, as the config's other list messages count).
+func (m MQTT) brokerURLItem(i int) string {
+	if len(m.BrokerURLs) == 1 {
+		return ""
+	}
+	return fmt.Sprintf("item %d: ", i+1)
+}
+
+// serverURL is one broker_url entry as a URL (see ServerURLs).
+func (m MQTT) serverURL(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, errors.New("empty")
+	}
+	if strings.Contains(raw, "://") {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, err
 		}
 		switch u.Scheme {
 		case "mqtt", "tcp", "tls", "mqtts", "ssl", "ws", "wss":
 		default:
-			return nil, fmt.Errorf("mqtt.broker_url: unsupported scheme %q (want mqtt, tls, ws or wss)", u.Scheme)
+			return nil, fmt.Errorf("unsupported scheme %q (want mqtt, tls, ws or wss)", u.Scheme)
 		}
 		if u.Port() == "" {
-			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(c.MQTT.Port))
+			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(m.Port))
 		}
 		return u, nil
 	}
 	scheme := "mqtt"
-	if c.MQTT.TLS {
+	if m.TLS {
 		scheme = "tls"
 	}
-	host := strings.Trim(c.MQTT.BrokerURL, "[]")
-	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(c.MQTT.Port))}, nil
+	host := strings.Trim(raw, "[]")
+	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(m.Port))}, nil
+}
+
+func joinProblems(ps []Problem) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, "; ")
 }
 
 // Problem is one thing wrong with the configuration, tied to its key.
@@ -266,6 +343,9 @@ var keys = []keySpec{
 	{"broker_listen::port", []string{"WGKEX_BROKER_LISTEN_PORT"}, "broker_listen.port"},
 	{"broker_listen::max_connections", []string{"WGKEX_BROKER_LISTEN_MAX_CONNECTIONS"}, "broker_listen.max_connections"},
 	{"broker_listen::trusted_proxies", []string{"WGKEX_BROKER_LISTEN_TRUSTED_PROXIES"}, "broker_listen.trusted_proxies"},
+	{"broker::name", []string{"WGKEX_BROKER_NAME"}, "broker.name"},
+	{"broker::selection", []string{"WGKEX_BROKER_SELECTION"}, "broker.selection"},
+	{"broker::sticky_tolerance", []string{"WGKEX_BROKER_STICKY_TOLERANCE"}, "broker.sticky_tolerance"},
 	{"broker::known_workers_only", []string{"WGKEX_BROKER_KNOWN_WORKERS_ONLY"}, "broker.known_workers_only"},
 	{"broker::worker_expiry", []string{"WGKEX_BROKER_WORKER_EXPIRY"}, "broker.worker_expiry"},
 	{"broker::blocklist_file", []string{"WGKEX_BROKER_BLOCKLIST_FILE"}, "broker.blocklist_file"},
@@ -331,16 +411,16 @@ func Load(file string) (*Config, error) {
 	cfg.LogLevel = p.str("log_level")
 	cfg.Workers = p.workers()
 	cfg.MQTT = MQTT{
-		BrokerURL: p.str("mqtt::broker_url"),
-		Port:      p.integer("mqtt::broker_port", DefaultMQTTPort),
-		Username:  p.str("mqtt::username"),
-		Password:  p.str("mqtt::password"),
-		Keepalive: p.integer("mqtt::keepalive", DefaultKeepalive),
-		TLS:       p.boolean("mqtt::tls"),
-		CAFile:    p.str("mqtt::ca_file"),
-		CertFile:  p.str("mqtt::cert_file"),
-		KeyFile:   p.str("mqtt::key_file"),
-		Listen:    p.strOr("mqtt::listen", DefaultEmbeddedListen),
+		BrokerURLs: p.list("mqtt::broker_url"),
+		Port:       p.integer("mqtt::broker_port", DefaultMQTTPort),
+		Username:   p.str("mqtt::username"),
+		Password:   p.str("mqtt::password"),
+		Keepalive:  p.integer("mqtt::keepalive", DefaultKeepalive),
+		TLS:        p.boolean("mqtt::tls"),
+		CAFile:     p.str("mqtt::ca_file"),
+		CertFile:   p.str("mqtt::cert_file"),
+		KeyFile:    p.str("mqtt::key_file"),
+		Listen:     p.strOr("mqtt::listen", DefaultEmbeddedListen),
 	}
 	cfg.BrokerListen = Listen{
 		Host:           p.strOr("broker_listen::host", DefaultListenHost),
@@ -349,6 +429,9 @@ func Load(file string) (*Config, error) {
 		TrustedProxies: p.list("broker_listen::trusted_proxies"),
 	}
 	cfg.Broker = Broker{
+		Name:             p.str("broker::name"),
+		Selection:        strings.ToLower(p.strOr("broker::selection", SelectionLeastLoaded)),
+		StickyTolerance:  p.float("broker::sticky_tolerance", DefaultStickyTolerance),
 		KnownWorkersOnly: p.booleanOr("broker::known_workers_only", len(cfg.Workers) > 0),
 		WorkerExpiry:     p.duration("broker::worker_expiry", DefaultWorkerExpiry),
 		BlocklistFile:    p.str("broker::blocklist_file"),

@@ -50,13 +50,13 @@ func TestLoadPythonExample(t *testing.T) {
 		t.Errorf("externalName = %q", cfg.ExternalName)
 	}
 	m := cfg.MQTT
-	if m.BrokerURL != "broker.hivemq.com" || m.Port != 1883 || m.Username != "user" || m.Password != "SECRET" || m.Keepalive != 5 || m.TLS {
+	if strings.Join(m.BrokerURLs, ",") != "broker.hivemq.com" || m.Port != 1883 || m.Username != "user" || m.Password != "SECRET" || m.Keepalive != 5 || m.TLS {
 		t.Errorf("mqtt = %+v", m)
 	}
 	if cfg.BrokerListen.Addr() != "0.0.0.0:5000" {
 		t.Errorf("broker_listen = %s", cfg.BrokerListen.Addr())
 	}
-	u, err := cfg.ServerURL()
+	u, err := serverURL(cfg)
 	if err != nil || u.String() != "mqtt://broker.hivemq.com:1883" {
 		t.Errorf("ServerURL = %v, %v", u, err)
 	}
@@ -84,7 +84,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MQTT.BrokerURL != "mqtt.example.net" || cfg.BrokerListen.Port != 5555 {
+	if strings.Join(cfg.MQTT.BrokerURLs, ",") != "mqtt.example.net" || cfg.BrokerListen.Port != 5555 {
 		t.Errorf("env not applied: %+v %+v", cfg.MQTT, cfg.BrokerListen)
 	}
 	if strings.Join(cfg.Domains, " ") != "ffmuc_a ffmuc_b ffmuc_c" {
@@ -124,7 +124,7 @@ func TestPythonContainerVariables(t *testing.T) {
 	if cfg.File != testdata("minimal.yaml") || len(cfg.Domains) != 3 || len(cfg.DomainPrefixes) != 3 {
 		t.Errorf("cfg = %+v", cfg)
 	}
-	if m := cfg.MQTT; m.BrokerURL != "mqtt" || m.Port != 1884 || m.Username != "u" || m.Password != "p" || m.Keepalive != 7 || m.TLS {
+	if m := cfg.MQTT; strings.Join(m.BrokerURLs, ",") != "mqtt" || m.Port != 1884 || m.Username != "u" || m.Password != "p" || m.Keepalive != 7 || m.TLS {
 		t.Errorf("mqtt = %+v", m)
 	}
 	if cfg.LogLevel != "DEBUG" {
@@ -132,7 +132,7 @@ func TestPythonContainerVariables(t *testing.T) {
 	}
 	t.Setenv("MQTT_TLS", "True")
 	cfg, _ = Load("")
-	if u, _ := cfg.ServerURL(); !cfg.MQTT.TLS || u.Scheme != "tls" {
+	if u, _ := serverURL(cfg); !cfg.MQTT.TLS || u.Scheme != "tls" {
 		t.Errorf("MQTT_TLS=True: %v %v", cfg.MQTT.TLS, u)
 	}
 }
@@ -215,18 +215,18 @@ func TestServerURL(t *testing.T) {
 		{"tls://m.example.net:8883", false, "tls://m.example.net:8883"},
 		{"ws://m.example.net", false, "ws://m.example.net:1883"},
 	} {
-		c := &Config{MQTT: MQTT{BrokerURL: tc.url, Port: 1883, TLS: tc.tls}}
-		u, err := c.ServerURL()
+		c := &Config{MQTT: MQTT{BrokerURLs: []string{tc.url}, Port: 1883, TLS: tc.tls}}
+		u, err := serverURL(c)
 		if err != nil || u.String() != tc.want {
 			t.Errorf("ServerURL(%q) = %v, %v; want %s", tc.url, u, err, tc.want)
 		}
 	}
 	c := &Config{MQTT: MQTT{Listen: "0.0.0.0:1999"}}
-	if u, _ := c.ServerURL(); u.String() != "mqtt://127.0.0.1:1999" {
+	if u, _ := serverURL(c); u.String() != "mqtt://127.0.0.1:1999" {
 		t.Errorf("embedded ServerURL = %v", u)
 	}
-	c = &Config{MQTT: MQTT{BrokerURL: "http://x"}}
-	if _, err := c.ServerURL(); err == nil {
+	c = &Config{MQTT: MQTT{BrokerURLs: []string{"http://x"}}}
+	if _, err := serverURL(c); err == nil {
 		t.Error("http:// accepted")
 	}
 }

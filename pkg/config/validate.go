@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -104,12 +105,11 @@ func (c *Config) workerNames() []string {
 // checkMQTT: the bus connection, its TLS settings and the embedded server.
 func (c *Config) checkMQTT(ps *problems) {
 	m := c.MQTT
-	if p := m.tlsConflict(); p != nil {
-		*ps = append(*ps, *p)
-	} else if m.BrokerURL != "" {
-		if _, err := c.ServerURL(); err != nil {
-			ps.add("mqtt.broker_url", "%s", strings.TrimPrefix(err.Error(), "mqtt.broker_url: "))
-		}
+	if conflicts := m.tlsConflicts(); len(conflicts) > 0 {
+		*ps = append(*ps, conflicts...)
+	} else {
+		_, bad := m.serverURLs()
+		*ps = append(*ps, bad...)
 	}
 	if m.Port < 1 || m.Port > 65535 {
 		ps.add("mqtt.broker_port", "must be 1-65535, got %d", m.Port)
@@ -161,33 +161,41 @@ func TLSScheme(scheme string) bool {
 	return false
 }
 
-// tlsConflict is the problem of asking for TLS (mqtt.tls) where the
+// tlsConflicts are the problems of asking for TLS (mqtt.tls) where a
 // connection would be plain text: a plain URL scheme wins over the tls flag
 // when dialling, and the embedded server has no TLS listener. Without this
 // check tls: true would silently send the credentials in clear text.
-func (m MQTT) tlsConflict() *Problem {
+func (m MQTT) tlsConflicts() []Problem {
 	if !m.TLS {
 		return nil
 	}
-	if m.BrokerURL == "" {
-		return &Problem{Key: "mqtt.tls", Msg: "true, but mqtt.broker_url is empty and the embedded MQTT server " +
-			"speaks plain TCP only: set mqtt.broker_url to an MQTT server with TLS, or mqtt.tls: false for the embedded one"}
+	if len(m.BrokerURLs) == 0 {
+		return []Problem{{Key: "mqtt.tls", Msg: "true, but mqtt.broker_url is empty and the embedded MQTT server " +
+			"speaks plain TCP only: set mqtt.broker_url to an MQTT server with TLS, or mqtt.tls: false for the embedded one"}}
 	}
-	if !strings.Contains(m.BrokerURL, "://") {
-		return nil // a bare host: ServerURL gives it the tls scheme
+	var ps []Problem
+	for i, raw := range m.BrokerURLs {
+		if !strings.Contains(raw, "://") {
+			continue // a bare host: serverURL gives it the tls scheme
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			continue // serverURL reports it
+		}
+		safe, plain := tlsSchemeFor[u.Scheme]
+		if !plain {
+			continue
+		}
+		orig := u.Redacted()
+		u.Scheme = safe
+		item := ""
+		if len(m.BrokerURLs) > 1 {
+			item = fmt.Sprintf(" item %d", i+1)
+		}
+		ps = append(ps, Problem{Key: "mqtt.tls", Msg: fmt.Sprintf("true, but mqtt.broker_url%s %s is plain text: use %s instead "+
+			"(TLS schemes: tls://, mqtts://, ssl://, wss://), or a bare host name, which then gets TLS", item, orig, u.Redacted())})
 	}
-	u, err := url.Parse(m.BrokerURL)
-	if err != nil {
-		return nil // ServerURL reports it
-	}
-	safe, plain := tlsSchemeFor[u.Scheme]
-	if !plain {
-		return nil
-	}
-	orig := u.Redacted()
-	u.Scheme = safe
-	return &Problem{Key: "mqtt.tls", Msg: fmt.Sprintf("true, but mqtt.broker_url %s is plain text: use %s instead "+
-		"(TLS schemes: tls://, mqtts://, ssl://, wss://), or a bare host name, which then gets TLS", orig, u.Redacted())}
+	return ps
 }
 
 // checkBrokerListen: the broker's HTTP listen address.
@@ -214,6 +222,17 @@ func (c *Config) checkBrokerListen(ps *problems) {
 // checkBroker: the broker section.
 func (c *Config) checkBroker(ps *problems) {
 	b := c.Broker
+	if b.Name != "" && !wgkex.ValidName(b.Name) {
+		ps.add("broker.name", "%q cannot stand in an MQTT topic (1-253 bytes, no '/', '+', '#' or control characters)", b.Name)
+	}
+	switch b.Selection {
+	case "", SelectionLeastLoaded, SelectionSticky: // "": a Config not from Load, least_loaded
+	default:
+		ps.add("broker.selection", "want %s or %s, got %q", SelectionLeastLoaded, SelectionSticky, b.Selection)
+	}
+	if b.StickyTolerance < 0 || math.IsNaN(b.StickyTolerance) || math.IsInf(b.StickyTolerance, 0) {
+		ps.add("broker.sticky_tolerance", "want a percentage of 0 or more, got %v", b.StickyTolerance)
+	}
 	if b.KnownWorkersOnly && len(c.Workers) == 0 {
 		ps.add("broker.known_workers_only", "true, but workers: lists no worker, so every gateway would be ignored")
 	}

@@ -124,8 +124,8 @@ func TestTLSNeverSilentlyPlain(t *testing.T) {
 		{"mqtt://u:secret@m.example.net", true, "", "tls://u:xxxxx@m.example.net"},
 	} {
 		c := validConfig()
-		c.MQTT.BrokerURL, c.MQTT.TLS = tc.url, tc.tls
-		u, uerr := c.ServerURL()
+		c.MQTT.BrokerURLs, c.MQTT.TLS = []string{tc.url}, tc.tls
+		u, uerr := serverURL(c)
 		verr := c.Validate()
 		if tc.want != "" {
 			if uerr != nil || u.String() != tc.want || verr != nil {
@@ -153,12 +153,12 @@ func TestTLSNeverSilentlyPlain(t *testing.T) {
 
 func TestTLSWithEmbeddedServer(t *testing.T) {
 	c := validConfig()
-	c.MQTT.BrokerURL, c.MQTT.TLS = "", true
+	c.MQTT.BrokerURLs, c.MQTT.TLS = nil, true
 	err := c.Validate()
 	if err == nil || !strings.Contains(err.Error(), "mqtt.tls: true, but mqtt.broker_url is empty and the embedded MQTT server speaks plain TCP only") {
 		t.Errorf("Validate = %v", err)
 	}
-	if _, err := c.ServerURL(); err == nil {
+	if _, err := serverURL(c); err == nil {
 		t.Error("ServerURL gives a plain URL for tls: true")
 	}
 	c.MQTT.TLS = false
@@ -185,8 +185,8 @@ func TestWarnings(t *testing.T) {
 		{"workers entry, no externalName", func(c *Config) { c.ExternalName = ""; c.Workers["192.0.2.5"] = 1 }, "gw04", []string{"workers.192.0.2.5"}, "give that worker externalName"},
 		{"workers entry is this worker", func(c *Config) { c.ExternalName = ""; c.Workers["192.0.2.5"] = 1 }, "192.0.2.5", []string{"externalName"}, ""},
 		{"workers entry, externalName set", func(c *Config) { c.Workers["192.0.2.5"] = 1 }, "gw04", nil, ""},
-		{"ca_file unused", func(c *Config) { c.MQTT.BrokerURL, c.MQTT.CAFile = "m.example.net", ca }, "gw04", []string{"mqtt.ca_file"}, "mqtt://m.example.net:1883) is plain text, so it is not used"},
-		{"ca_file used", func(c *Config) { c.MQTT.BrokerURL, c.MQTT.CAFile, c.MQTT.TLS = "m.example.net", ca, true }, "gw04", nil, ""},
+		{"ca_file unused", func(c *Config) { c.MQTT.BrokerURLs, c.MQTT.CAFile = []string{"m.example.net"}, ca }, "gw04", []string{"mqtt.ca_file"}, "mqtt://m.example.net:1883) is plain text, so it is not used"},
+		{"ca_file used", func(c *Config) { c.MQTT.BrokerURLs, c.MQTT.CAFile, c.MQTT.TLS = []string{"m.example.net"}, ca, true }, "gw04", nil, ""},
 	} {
 		c := validConfig()
 		c.ExternalName = "gw04.ext.example.net"

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"net/url"
 	"strings"
 )
 
@@ -44,11 +45,20 @@ func (c *Config) Warnings(workerName string) []Problem {
 			}
 		}
 	}
-	if u, err := c.ServerURL(); err == nil && !TLSScheme(u.Scheme) {
+	urls, err := c.ServerURLs()
+	if err == nil && !anyTLS(urls) {
 		for _, f := range []struct{ key, path string }{{"mqtt.ca_file", c.MQTT.CAFile}, {"mqtt.cert_file", c.MQTT.CertFile}} {
 			if f.path != "" {
 				ws.add(f.key, "set, but the MQTT connection (%s) is plain text, so it is not used: "+
-					"use a TLS scheme (tls://, wss://) or a bare host with mqtt.tls: true", u.Redacted())
+					"use a TLS scheme (tls://, wss://) or a bare host with mqtt.tls: true", redactedList(urls))
+			}
+		}
+	}
+	if err == nil && anyTLS(urls) {
+		for i, u := range urls {
+			if !TLSScheme(u.Scheme) {
+				ws.add("mqtt.broker_url", "item %d, %s, is plain text while the others use TLS: "+
+					"a failover to it sends credentials and keys unencrypted", i+1, u.Redacted())
 			}
 		}
 	}
@@ -60,4 +70,21 @@ func (c *Config) Warnings(workerName string) []Problem {
 func isIPLiteral(s string) bool {
 	_, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
 	return err == nil
+}
+
+func anyTLS(urls []*url.URL) bool {
+	for _, u := range urls {
+		if TLSScheme(u.Scheme) {
+			return true
+		}
+	}
+	return false
+}
+
+func redactedList(urls []*url.URL) string {
+	s := make([]string, len(urls))
+	for i, u := range urls {
+		s[i] = u.Redacted()
+	}
+	return strings.Join(s, ", ")
 }

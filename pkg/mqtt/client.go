@@ -29,7 +29,13 @@ import (
 )
 
 const (
-	dialTimeout      = 10 * time.Second
+	dialTimeout = 10 * time.Second
+	// failoverTimeout bounds each connection attempt (dial, TLS, CONNACK)
+	// when there are fallbacks: a hung server, whose kernel still accepts
+	// TCP connections, would otherwise hold every reconnection for
+	// dialTimeout before the next server is tried. A CONNACK takes a few
+	// round trips.
+	failoverTimeout  = 3 * time.Second
 	subscribeTimeout = 10 * time.Second
 )
 
@@ -66,7 +72,13 @@ func (m Message) Ack() error {
 
 // Options configure a Client.
 type Options struct {
+	// Server is the MQTT server; Fallbacks are more servers with the same
+	// topics (bridged, or one cluster). Every (re)connection tries Server
+	// first, then each fallback in order, until one accepts: a client stays
+	// on a fallback while that connection lasts. Sessions are per server, so
+	// a persistent session starts afresh on each server it moves to.
 	Server    *url.URL
+	Fallbacks []*url.URL
 	ClientID  string
 	Username  string
 	Password  string
@@ -123,29 +135,59 @@ var (
 	errConnectionLost = errors.New("connection lost")
 )
 
-// OptionsFromConfig fills the connection part of Options from cfg. It
-// refuses mqtt.tls with a plain-text server URL rather than connect without
-// TLS.
+// OptionsFromConfig fills the connection part of Options from cfg: the
+// first server of mqtt.broker_url, the others as fallbacks. It refuses
+// mqtt.tls with a plain-text server URL rather than connect without TLS.
 func OptionsFromConfig(cfg *config.Config) (Options, error) {
-	u, err := cfg.ServerURL()
+	urls, err := cfg.ServerURLs()
 	if err != nil {
 		return Options{}, err
 	}
 	o := Options{
-		Server:    u,
+		Server:    urls[0],
+		Fallbacks: urls[1:],
 		Username:  cfg.MQTT.Username,
 		Password:  cfg.MQTT.Password,
 		Keepalive: time.Duration(cfg.MQTT.Keepalive) * time.Second,
 	}
-	if cfg.MQTT.TLS && !tlsScheme(u.Scheme) {
-		return Options{}, fmt.Errorf("mqtt.tls: true, but the MQTT server %s is plain text (use a tls://, mqtts://, ssl:// or wss:// URL, or a bare host name)", u.Redacted())
+	anyTLS := false
+	for _, u := range urls {
+		if cfg.MQTT.TLS && !tlsScheme(u.Scheme) {
+			return Options{}, fmt.Errorf("mqtt.tls: true, but the MQTT server %s is plain text (use a tls://, mqtts://, ssl:// or wss:// URL, or a bare host name)", u.Redacted())
+		}
+		anyTLS = anyTLS || tlsScheme(u.Scheme)
 	}
-	if tlsScheme(u.Scheme) {
+	if anyTLS {
 		if o.TLS, err = tlsConfig(cfg.MQTT); err != nil {
 			return Options{}, err
 		}
 	}
 	return o, nil
+}
+
+// servers lists Server and the fallbacks, in the order they are tried.
+func (o Options) servers() []*url.URL {
+	if o.Server == nil {
+		return nil
+	}
+	return append([]*url.URL{o.Server}, o.Fallbacks...)
+}
+
+// connectTimeout bounds one connection attempt to one server.
+func (o Options) connectTimeout() time.Duration {
+	if len(o.Fallbacks) > 0 {
+		return failoverTimeout
+	}
+	return dialTimeout
+}
+
+// serverNames is the servers for messages, passwords masked.
+func (o Options) serverNames() string {
+	names := make([]string, 0, 1+len(o.Fallbacks))
+	for _, u := range o.servers() {
+		names = append(names, u.Redacted())
+	}
+	return strings.Join(names, ", ")
 }
 
 func tlsScheme(scheme string) bool {
@@ -211,8 +253,9 @@ type connection struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	net    *coalescingConn
-	up     bool // CONNACK received (guarded by Client.mu)
-	ready  bool // subscribed (guarded by Client.mu)
+	server *url.URL // the server dialled
+	up     bool     // CONNACK received (guarded by Client.mu)
+	ready  bool     // subscribed (guarded by Client.mu)
 
 	ackMu   sync.Mutex
 	unacked []*inbound // ManualAck: received QoS 1/2 messages, oldest first, until acknowledged in order
@@ -232,7 +275,7 @@ func New(o Options) *Client {
 	}
 	c := &Client{opts: o, log: o.Logger, session: state.NewInMemory(), changed: make(chan struct{})}
 	if o.Server != nil {
-		c.log = o.Logger.With("mqtt", o.Server.Redacted())
+		c.log = o.Logger.With("mqtt", o.serverNames())
 	}
 	return c
 }
@@ -245,8 +288,16 @@ func (c *Client) Start(ctx context.Context) error {
 	if o.Server == nil {
 		return errors.New("mqtt: no server URL")
 	}
-	if o.TLS != nil && !tlsScheme(o.Server.Scheme) {
-		return fmt.Errorf("mqtt: TLS settings given, but %s is a plain-text URL", o.Server.Redacted())
+	servers := o.servers()
+	anyTLS := false
+	for _, u := range servers {
+		if u == nil {
+			return errors.New("mqtt: a fallback server without URL")
+		}
+		anyTLS = anyTLS || tlsScheme(u.Scheme)
+	}
+	if o.TLS != nil && !anyTLS {
+		return fmt.Errorf("mqtt: TLS settings given, but no server URL uses TLS (%s)", o.serverNames())
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -260,11 +311,11 @@ func (c *Client) Start(ctx context.Context) error {
 		sess = manualAcks{c.session}
 	}
 	cfg := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{o.Server},
+		ServerUrls:                    servers,
 		KeepAlive:                     uint16(o.Keepalive / time.Second),
 		CleanStartOnInitialConnection: !o.Persistent,
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(250*time.Millisecond, 30*time.Second, time.Second, 2),
-		ConnectTimeout:                dialTimeout,
+		ConnectTimeout:                o.connectTimeout(),
 		ConnectUsername:               o.Username,
 		AttemptConnection:             c.dial,
 		OnConnectionUp:                c.onUp,
@@ -329,7 +380,7 @@ func (c *Client) dial(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) 
 	if prev != nil {
 		prev.retire()
 	}
-	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.opts.connectTimeout())
 	defer cancel()
 	conn := &connection{}
 	conn.ctx, conn.cancel = context.WithCancel(c.ctx)
@@ -338,7 +389,7 @@ func (c *Client) dial(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) 
 		conn.cancel()
 		return nil, err
 	}
-	conn.net = nc
+	conn.net, conn.server = nc, u
 	c.mu.Lock()
 	c.conn = conn
 	c.notifyLocked()
@@ -427,7 +478,7 @@ func (c *Client) subscribe(cm *autopaho.ConnectionManager, conn *connection, ack
 	if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
 		inflight = strconv.Itoa(int(*ack.Properties.ReceiveMaximum))
 	}
-	c.log.Info("MQTT connected", "session_present", ack.SessionPresent, "server_receive_maximum", inflight)
+	c.log.Info("MQTT connected", "server", conn.server.Redacted(), "session_present", ack.SessionPresent, "server_receive_maximum", inflight)
 	if c.opts.OnReady != nil {
 		c.opts.OnReady(conn.ctx)
 	}
@@ -513,12 +564,12 @@ func (c *Client) AwaitConnection(ctx context.Context) error {
 			return nil
 		}
 		if closed {
-			return fmt.Errorf("waiting for MQTT connection to %s: client closed", c.opts.Server.Redacted())
+			return fmt.Errorf("waiting for MQTT connection to %s: client closed", c.opts.serverNames())
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for MQTT connection to %s: %w", c.opts.Server.Redacted(), ctx.Err())
+			return fmt.Errorf("waiting for MQTT connection to %s: %w", c.opts.serverNames(), ctx.Err())
 		}
 	}
 }

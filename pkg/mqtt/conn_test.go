@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -338,7 +339,7 @@ func TestDialTLSSchemes(t *testing.T) {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	o, err := OptionsFromConfig(&config.Config{MQTT: config.MQTT{BrokerURL: "127.0.0.1", Port: port, TLS: true, Keepalive: 5}})
+	o, err := OptionsFromConfig(&config.Config{MQTT: config.MQTT{BrokerURLs: []string{"127.0.0.1"}, Port: port, TLS: true, Keepalive: 5}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,14 +386,14 @@ func TestDialTLSSchemes(t *testing.T) {
 // a plain connection.
 func TestTLSNeverSilentlyPlain(t *testing.T) {
 	for _, bu := range []string{"mqtt://bus.example.net", "tcp://bus.example.net:1883", "ws://bus.example.net/mqtt", ""} {
-		cfg := &config.Config{MQTT: config.MQTT{BrokerURL: bu, Port: 1883, TLS: true, Listen: "127.0.0.1:1883"}}
+		cfg := &config.Config{MQTT: config.MQTT{BrokerURLs: strings.Fields(bu), Port: 1883, TLS: true, Listen: "127.0.0.1:1883"}}
 		_, err := OptionsFromConfig(cfg)
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte("mqtt.tls")) {
 			t.Errorf("broker_url %q with tls: err = %v, want one naming mqtt.tls", bu, err)
 		}
 	}
 	for _, bu := range []string{"bus.example.net", "tls://bus.example.net", "wss://bus.example.net/mqtt"} {
-		o, err := OptionsFromConfig(&config.Config{MQTT: config.MQTT{BrokerURL: bu, Port: 8883, TLS: true}})
+		o, err := OptionsFromConfig(&config.Config{MQTT: config.MQTT{BrokerURLs: strings.Fields(bu), Port: 8883, TLS: true}})
 		if err != nil || o.TLS == nil || !tlsScheme(o.Server.Scheme) {
 			t.Errorf("broker_url %q with tls: %v, %+v", bu, err, o)
 		}

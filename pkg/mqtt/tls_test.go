@@ -90,7 +90,7 @@ func TestTLSWithClientCertificate(t *testing.T) {
 		"\nkeyfile "+filepath.Join(dir, "server.key")+"\nrequire_certificate true")
 
 	port, _ := strconv.Atoi(srv.URL.Port())
-	cfg := &config.Config{MQTT: config.MQTT{BrokerURL: "127.0.0.1", Port: port, TLS: true, Keepalive: 5,
+	cfg := &config.Config{MQTT: config.MQTT{BrokerURLs: []string{"127.0.0.1"}, Port: port, TLS: true, Keepalive: 5,
 		CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client.key")}}
 	o, err := mqtt.OptionsFromConfig(cfg)
 	if err != nil {

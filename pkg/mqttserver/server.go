@@ -5,7 +5,6 @@ package mqttserver
 
 import (
 	"context"
-	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,7 +12,6 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Options configure the server.
@@ -22,6 +20,12 @@ type Options struct {
 	// Username and Password, when set, are required of every client.
 	Username string
 	Password string
+	// PasswordFile, a file in mosquitto_passwd(1) format, gives every
+	// client a role (auth.go): Username (with Password, or its entry in the
+	// file) is the broker, every other user in the file the worker of that
+	// name, and each may use only its own topics (docs/protocol.md §3.5).
+	// Empty: Username and Password are shared by all, with every right.
+	PasswordFile string
 	// Store is the path of a file in which the server keeps persistent
 	// sessions, the QoS 1 messages queued for them and retained messages
 	// across restarts, killed or stopped; it acknowledges a QoS 1 publish
@@ -64,7 +68,11 @@ func Start(o Options) (*Server, error) {
 		Capabilities: caps,
 		Logger:       quieter(o.Logger).With("component", "embedded-mqtt"),
 	})
-	if err := srv.AddHook(&authHook{user: []byte(o.Username), pass: []byte(o.Password)}, nil); err != nil {
+	auth, err := newAuthHook(o)
+	if err != nil {
+		return nil, fmt.Errorf("embedded MQTT server: %w", err)
+	}
+	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("embedded MQTT server: %w", err)
 	}
 	var st *store
@@ -101,31 +109,6 @@ func (s *Server) Addr() net.Addr { return s.addr }
 
 // Close disconnects every client and stops listening.
 func (s *Server) Close() error { return s.srv.Close() }
-
-// authHook admits everyone when no credentials are configured (loopback
-// only, config validation sees to that), and otherwise only clients with
-// the configured username and password, compared in constant time.
-type authHook struct {
-	mochi.HookBase
-	user, pass []byte
-}
-
-func (h *authHook) ID() string { return "wgkex-auth" }
-
-func (h *authHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-func (h *authHook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
-	if len(h.user) == 0 && len(h.pass) == 0 {
-		return true
-	}
-	userOK := subtle.ConstantTimeCompare(pk.Connect.Username, h.user)
-	passOK := subtle.ConstantTimeCompare(pk.Connect.Password, h.pass)
-	return userOK&passOK == 1
-}
-
-func (h *authHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool { return true }
 
 // quieter passes mochi's chatty info lines (every connect, every hook) only
 // when debug logging is on; warnings and errors always.

@@ -13,6 +13,7 @@ const (
 	FilterMetrics      = "wireguard-metrics/#"
 	FilterWorkerStatus = "wireguard-worker/+/status"
 	FilterWorkerData   = "wireguard-worker/+/+/data"
+	FilterBrokerStatus = "wireguard-broker/+/status"
 )
 
 // Status payloads.
@@ -32,6 +33,10 @@ func KeyFilter(domain string) string { return "wireguard/" + domain + "/+" }
 
 // StatusTopic carries a worker's online status (and its will message).
 func StatusTopic(worker string) string { return "wireguard-worker/" + worker + "/status" }
+
+// BrokerStatusTopic carries a broker's online status (and its will
+// message), so that brokers sharing a bus know how many they are.
+func BrokerStatusTopic(broker string) string { return "wireguard-broker/" + broker + "/status" }
 
 // DataTopic carries a worker's interface data for domain.
 func DataTopic(worker, domain string) string {
@@ -53,6 +58,7 @@ const (
 	TopicStatus
 	TopicData
 	TopicMetric
+	TopicBrokerStatus
 )
 
 // Topic is a parsed wgkex topic.
@@ -61,6 +67,7 @@ type Topic struct {
 	Domain string // TopicKey, TopicData, TopicMetric
 	Worker string // TopicStatus, TopicData, TopicMetric
 	Metric string // TopicMetric
+	Broker string // TopicBrokerStatus
 }
 
 // ErrUnknownTopic is returned for topics outside the wgkex scheme.
@@ -79,6 +86,11 @@ func ParseTopic(topic string) (Topic, error) {
 		t = Topic{Kind: TopicData, Worker: parts[1], Domain: parts[2]}
 	case len(parts) == 4 && parts[0] == "wireguard-metrics":
 		t = Topic{Kind: TopicMetric, Domain: parts[1], Worker: parts[2], Metric: parts[3]}
+	case len(parts) == 3 && parts[0] == "wireguard-broker" && parts[2] == "status":
+		if !ValidName(parts[1]) {
+			return Topic{}, fmt.Errorf("topic %q: invalid broker name", truncate(topic, 128))
+		}
+		return Topic{Kind: TopicBrokerStatus, Broker: parts[1]}, nil
 	default:
 		return Topic{}, fmt.Errorf("%w: %q", ErrUnknownTopic, truncate(topic, 128))
 	}
@@ -93,7 +105,8 @@ func ParseTopic(topic string) (Topic, error) {
 	return t, nil
 }
 
-// ParseStatus parses a worker status payload: "1" online, "0" offline.
+// ParseStatus parses a worker or broker status payload: "1" online, "0"
+// offline.
 func ParseStatus(payload []byte) (online bool, err error) {
 	switch strings.TrimSpace(string(payload)) {
 	case StatusOnline:

@@ -101,6 +101,7 @@ func TestTopics(t *testing.T) {
 		{StatusTopic("gw04"), Topic{Kind: TopicStatus, Worker: "gw04"}},
 		{DataTopic("gw04.in", "ffmuc_welt"), Topic{Kind: TopicData, Worker: "gw04.in", Domain: "ffmuc_welt"}},
 		{ConnectedPeersTopic("ffmuc_welt", "gw04"), Topic{Kind: TopicMetric, Worker: "gw04", Domain: "ffmuc_welt", Metric: "connected_peers"}},
+		{BrokerStatusTopic("broker1.ffmuc.net"), Topic{Kind: TopicBrokerStatus, Broker: "broker1.ffmuc.net"}},
 	} {
 		got, err := ParseTopic(tc.topic)
 		if err != nil || got != tc.want {
@@ -108,13 +109,17 @@ func TestTopics(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "foo", "wireguard//all", "wireguard-worker//status", "wireguard-worker/a/b/c/data",
-		"wireguard-metrics/d/w", "wireguard-worker/a/+/data", "other/a/b"} {
+		"wireguard-metrics/d/w", "wireguard-worker/a/+/data", "other/a/b",
+		"wireguard-broker//status", "wireguard-broker/+/status", "wireguard-broker/b/other", "wireguard-broker/b/x/status"} {
 		if _, err := ParseTopic(bad); err == nil {
 			t.Errorf("ParseTopic(%q) accepted", bad)
 		}
 	}
 	if KeyFilter("d") != "wireguard/d/+" {
 		t.Error(KeyFilter("d"))
+	}
+	if BrokerStatusTopic("b1") != "wireguard-broker/b1/status" || FilterBrokerStatus != "wireguard-broker/+/status" {
+		t.Error(BrokerStatusTopic("b1"), FilterBrokerStatus)
 	}
 }
 
