@@ -63,8 +63,12 @@ func runBroker(ctx context.Context, g *globals) error {
 	defer ln.Close()
 
 	if cfg.Embedded() {
+		if cfg.MQTT.Store == "" {
+			log.Warn("embedded MQTT server keeps sessions in memory: keys queued for workers that are away are lost when the broker restarts; set mqtt.store to keep them")
+		}
 		srv, err := mqttserver.Start(mqttserver.Options{
-			Listen: cfg.MQTT.Listen, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, Logger: log,
+			Listen: cfg.MQTT.Listen, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
+			Store: cfg.MQTT.Store, PasswordFile: cfg.MQTT.PasswordFile, Logger: log,
 		})
 		if err != nil {
 			return err

@@ -119,3 +119,21 @@ func TestPythonLoggingRootLevel(t *testing.T) {
 		t.Errorf("unknown level: %q %v %v", cfg.LogLevel, cfg.Notes, err)
 	}
 }
+
+func TestEmbeddedServerKeys(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "passwd")
+	os.WriteFile(pw, []byte("gw1:$7$101$x$y\n"), 0o600)
+	cfg, err := loadYAML(t, baseYAML+"mqtt: {store: /var/lib/wgkex/mqtt.db, username: broker, password_file: "+pw+"}\n")
+	if err != nil || cfg.MQTT.Store != "/var/lib/wgkex/mqtt.db" || cfg.MQTT.PasswordFile != pw {
+		t.Fatalf("%+v %v", cfg.MQTT, err)
+	}
+	// A password file needs the broker's user; both keys mean nothing with
+	// an external server.
+	if _, err := loadYAML(t, baseYAML+"mqtt: {password_file: "+pw+"}\n"); err == nil || !strings.Contains(err.Error(), "mqtt.password_file: needs mqtt.username") {
+		t.Errorf("password_file without username: %v", err)
+	}
+	_, err = loadYAML(t, baseYAML+"mqtt: {broker_url: mqtt.example.net, store: /x, password_file: "+pw+"}\n")
+	if err == nil || !strings.Contains(err.Error(), "mqtt.store: set, but mqtt.broker_url") || !strings.Contains(err.Error(), "mqtt.password_file: set, but") {
+		t.Errorf("with an external server: %v", err)
+	}
+}

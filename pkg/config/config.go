@@ -103,6 +103,13 @@ type MQTT struct {
 	KeyFile    string
 	// Listen is where the broker's embedded MQTT server listens.
 	Listen string
+	// Store is the embedded server's state file (sessions, queued keys,
+	// retained messages); "" keeps them in memory only.
+	Store string
+	// PasswordFile (mosquitto_passwd format) gives each worker a user of
+	// its own name on the embedded server, with rights on its own topics
+	// only; Username stays the broker's user.
+	PasswordFile string
 }
 
 // Listen is the broker's HTTP listener.
@@ -339,6 +346,8 @@ var keys = []keySpec{
 	{"mqtt::cert_file", []string{"WGKEX_MQTT_CERT_FILE"}, "mqtt.cert_file"},
 	{"mqtt::key_file", []string{"WGKEX_MQTT_KEY_FILE"}, "mqtt.key_file"},
 	{"mqtt::listen", []string{"WGKEX_MQTT_LISTEN"}, "mqtt.listen"},
+	{"mqtt::store", []string{"WGKEX_MQTT_STORE"}, "mqtt.store"},
+	{"mqtt::password_file", []string{"WGKEX_MQTT_PASSWORD_FILE"}, "mqtt.password_file"},
 	{"broker_listen::host", []string{"WGKEX_BROKER_LISTEN_HOST"}, "broker_listen.host"},
 	{"broker_listen::port", []string{"WGKEX_BROKER_LISTEN_PORT"}, "broker_listen.port"},
 	{"broker_listen::max_connections", []string{"WGKEX_BROKER_LISTEN_MAX_CONNECTIONS"}, "broker_listen.max_connections"},
@@ -411,16 +420,18 @@ func Load(file string) (*Config, error) {
 	cfg.LogLevel = p.str("log_level")
 	cfg.Workers = p.workers()
 	cfg.MQTT = MQTT{
-		BrokerURLs: p.list("mqtt::broker_url"),
-		Port:       p.integer("mqtt::broker_port", DefaultMQTTPort),
-		Username:   p.str("mqtt::username"),
-		Password:   p.str("mqtt::password"),
-		Keepalive:  p.integer("mqtt::keepalive", DefaultKeepalive),
-		TLS:        p.boolean("mqtt::tls"),
-		CAFile:     p.str("mqtt::ca_file"),
-		CertFile:   p.str("mqtt::cert_file"),
-		KeyFile:    p.str("mqtt::key_file"),
-		Listen:     p.strOr("mqtt::listen", DefaultEmbeddedListen),
+		BrokerURLs:   p.list("mqtt::broker_url"),
+		Port:         p.integer("mqtt::broker_port", DefaultMQTTPort),
+		Username:     p.str("mqtt::username"),
+		Password:     p.str("mqtt::password"),
+		Keepalive:    p.integer("mqtt::keepalive", DefaultKeepalive),
+		TLS:          p.boolean("mqtt::tls"),
+		CAFile:       p.str("mqtt::ca_file"),
+		CertFile:     p.str("mqtt::cert_file"),
+		KeyFile:      p.str("mqtt::key_file"),
+		Listen:       p.strOr("mqtt::listen", DefaultEmbeddedListen),
+		Store:        p.str("mqtt::store"),
+		PasswordFile: p.str("mqtt::password_file"),
 	}
 	cfg.BrokerListen = Listen{
 		Host:           p.strOr("broker_listen::host", DefaultListenHost),

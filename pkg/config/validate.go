@@ -140,9 +140,25 @@ func (c *Config) checkMQTT(ps *problems) {
 			if !validPort(port) {
 				ps.add("mqtt.listen", "bad port %q", port)
 			}
-			if !isLoopback(host) && (m.Username == "" || m.Password == "") {
+			if !isLoopback(host) && (m.Username == "" || (m.Password == "" && m.PasswordFile == "")) {
 				ps.add("mqtt.listen", "the embedded MQTT server listens beyond loopback (%s): set mqtt.username and mqtt.password", m.Listen)
 			}
+		}
+		if m.PasswordFile != "" && m.Username == "" {
+			ps.add("mqtt.password_file", "needs mqtt.username: the broker's own user on the embedded server")
+		}
+		if m.PasswordFile != "" {
+			if fh, err := os.Open(m.PasswordFile); err != nil {
+				ps.add("mqtt.password_file", "cannot read: %v", err)
+			} else {
+				fh.Close()
+			}
+		}
+		return
+	}
+	for _, k := range []struct{ key, val string }{{"mqtt.store", m.Store}, {"mqtt.password_file", m.PasswordFile}} {
+		if k.val != "" {
+			ps.add(k.key, "set, but mqtt.broker_url names an external MQTT server; this key is for the broker's embedded server (use the server's own persistence and password_file/acl_file, see wgkex config mosquitto-acl)")
 		}
 	}
 }
