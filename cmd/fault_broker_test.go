@@ -97,7 +97,7 @@ func TestBrokerRestartEmbeddedBusLosesNoKey(t *testing.T) {
 			b.cmd.Process.Signal(sig)
 			<-b.done
 			b.done <- nil
-			b = startB()
+			startB()
 			eventually.True(t, waitTimeout, "500 more keys answered after the restart", func() bool { return count() >= before+500 })
 			stop()
 			wg.Wait()

@@ -21,16 +21,16 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/mqttserver"
 )
 
-// RequireEnv, when set (CI sets it), turns a missing test dependency into a
+// requireEnv, when set (CI sets it), turns a missing test dependency into a
 // failure instead of a skip.
-const RequireEnv = "WGKEX_TEST_REQUIRE_ALL"
+const requireEnv = "WGKEX_TEST_REQUIRE_ALL"
 
-// Missing skips t for a missing dependency, or fails it when RequireEnv is set.
+// Missing skips t for a missing dependency, or fails it when WGKEX_TEST_REQUIRE_ALL is set.
 func Missing(t testing.TB, format string, args ...any) {
 	t.Helper()
 	msg := fmt.Sprintf(format, args...)
-	if os.Getenv(RequireEnv) != "" {
-		t.Fatalf("%s (and %s is set)", msg, RequireEnv)
+	if os.Getenv(requireEnv) != "" {
+		t.Fatalf("%s (and %s is set)", msg, requireEnv)
 	}
 	t.Skip(msg)
 }

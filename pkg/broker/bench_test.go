@@ -1,4 +1,4 @@
-package broker_test
+package broker
 
 import (
 	"net/http/httptest"
@@ -20,7 +20,7 @@ func BenchmarkV2Mosquitto(b *testing.B) {
 	br, hs := startBroker(b, srv.URL, nil)
 	hs.Close()
 	deadline := time.Now().Add(5 * time.Second)
-	for len(br.State().Snapshot()) < 2 && time.Now().Before(deadline) {
+	for len(br.state.snapshot()) < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	body := `{"domain":"ffmuc_welt","public_key":"` + nodeKey + `"}`

@@ -19,11 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
+	"github.com/freifunkMUC/wgkex/internal/text"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// MaxBodyBytes bounds a request body; a key exchange needs about 100.
-const MaxBodyBytes = 4 << 10
+// maxBodyBytes bounds a request body; a key exchange needs about 100.
+const maxBodyBytes = 4 << 10
 
 // Publisher sends one message and returns once the bus has acknowledged it.
 type Publisher interface {
@@ -63,10 +65,10 @@ type Options struct {
 	KnownWorkersOnly bool
 	// WorkerExpiry: an unlisted worker that cannot be chosen (offline, or
 	// without a data message) is forgotten this long after its last message
-	// (0: DefaultWorkerExpiry). It announces itself again when it returns.
+	// (0: 10 minutes). It announces itself again when it returns.
 	WorkerExpiry time.Duration
 	// MaxConnections bounds the HTTP connections Serve keeps open at once
-	// (0: DefaultMaxConnections; negative: no bound).
+	// (0: 4096; negative: no bound).
 	MaxConnections int
 
 	// Blocked reports a key the operator has blocked: it is refused with
@@ -97,7 +99,7 @@ type Broker struct {
 	qos     byte
 	timeout time.Duration
 	log     *slog.Logger
-	state   *State
+	state   *state
 	mux     *http.ServeMux
 	metrics *metrics
 	limits  limitMetrics
@@ -131,7 +133,7 @@ func New(o Options) *Broker {
 		o.Now = time.Now
 	}
 	if o.MaxConnections == 0 {
-		o.MaxConnections = DefaultMaxConnections
+		o.MaxConnections = defaultMaxConnections
 	}
 	b := &Broker{
 		name:    o.Name,
@@ -178,15 +180,12 @@ func New(o Options) *Broker {
 	}
 	b.mux.HandleFunc("/{$}", m.instrument("index", b.index))
 	b.mux.HandleFunc("/", m.instrument("other", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+		httpjson.Error(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	}))
 	return b
 }
 
 func (b *Broker) connected() bool { return b.isUp == nil || b.isUp() }
-
-// State is what the broker has learned from the bus.
-func (b *Broker) State() *State { return b.state }
 
 // ServeHTTP implements http.Handler.
 func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) { b.mux.ServeHTTP(w, r) }
@@ -231,13 +230,13 @@ func decodeRequest(body []byte, known func(string) bool) (wgkex.ExchangeRequest,
 		return req, errors.New(`missing "domain"`)
 	}
 	if !known(req.Domain) {
-		return req, fmt.Errorf("unknown domain %q", truncate(req.Domain, 64))
+		return req, fmt.Errorf("unknown domain %q", text.Truncate(req.Domain, 64))
 	}
 	if req.PublicKey == "" {
 		return req, errors.New(`missing "public_key"`)
 	}
 	if !wgkex.ValidKey(req.PublicKey) {
-		return req, fmt.Errorf("invalid public key %q: want 44 characters of base64 (a WireGuard public key)", truncate(req.PublicKey, 64))
+		return req, fmt.Errorf("invalid public key %q: want 44 characters of base64 (a WireGuard public key)", text.Truncate(req.PublicKey, 64))
 	}
 	return req, nil
 }
@@ -246,28 +245,28 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodGet {
 			w.Header().Set("Allow", "POST, GET")
-			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed, use POST")
+			httpjson.Error(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed, use POST")
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", MaxBodyBytes))
+				httpjson.Error(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxBodyBytes))
 				return
 			}
-			writeError(w, http.StatusBadRequest, "could not read request body")
+			httpjson.Error(w, http.StatusBadRequest, "could not read request body")
 			return
 		}
 		req, err := decodeRequest(body, func(d string) bool { return b.domains[d] })
 		if err != nil {
 			b.log.Debug("rejected key exchange", "remote", r.RemoteAddr, "err", err)
-			writeError(w, http.StatusBadRequest, err.Error())
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		if msg := b.refusal(req); msg != "" {
 			b.log.Info("key refused", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr, "why", msg)
-			writeError(w, http.StatusForbidden, msg)
+			httpjson.Error(w, http.StatusForbidden, msg)
 			return
 		}
 
@@ -277,25 +276,25 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		if err != nil {
 			b.metrics.pubFailed.Inc()
 			b.log.Error("could not publish key", "domain", req.Domain, "key", req.PublicKey, "err", err)
-			writeError(w, http.StatusServiceUnavailable, "the key could not be handed to the gateways (MQTT server unreachable); please try again later")
+			httpjson.Error(w, http.StatusServiceUnavailable, "the key could not be handed to the gateways (MQTT server unreachable); please try again later")
 			return
 		}
 		b.metrics.published.WithLabelValues(req.Domain).Inc()
 		b.log.Info("key published", "domain", req.Domain, "key", req.PublicKey, "remote", r.RemoteAddr)
 
 		if !v2 {
-			writeJSON(w, http.StatusOK, wgkex.ReplyV1{Message: "OK"})
+			httpjson.Write(w, http.StatusOK, wgkex.ReplyV1{Message: "OK"})
 			return
 		}
-		choice, err := b.state.Choose(req.Domain, req.PublicKey)
+		choice, err := b.state.choose(req.Domain, req.PublicKey)
 		switch {
-		case errors.Is(err, ErrNoGateway):
+		case errors.Is(err, errNoGateway):
 			b.log.Warn("no gateway online", "domain", req.Domain)
-			writeError(w, http.StatusBadRequest, err.Error())
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return
 		case err != nil:
 			b.log.Error("gateways online but none has sent its data message", "domain", req.Domain)
-			writeError(w, http.StatusInternalServerError, err.Error())
+			httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			return
 		}
 		b.metrics.choices.WithLabelValues(choice.Worker, req.Domain).Inc()
@@ -313,7 +312,7 @@ func (b *Broker) keyExchange(v2 bool) http.HandlerFunc {
 		}
 		// Nothing beside Endpoint: a "Message" makes Gluon nodes read the
 		// reply as v1 (docs/protocol.md §2).
-		writeJSON(w, http.StatusOK, wgkex.ReplyV2{Endpoint: wgkex.Endpoint{
+		httpjson.Write(w, http.StatusOK, wgkex.ReplyV2{Endpoint: wgkex.Endpoint{
 			Address:     d.ExternalAddress,
 			Port:        strconv.Itoa(d.Port),
 			AllowedIPs:  []string{ll},
@@ -337,30 +336,26 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 	}
 	switch t.Kind {
 	case wgkex.TopicBrokerStatus:
-		online := false
-		if len(payload) > 0 { // an empty payload clears a retained status
-			if online, err = wgkex.ParseStatus(payload); err != nil {
-				b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
-				return
-			}
+		online, err := parseOnline(payload)
+		if err != nil {
+			b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+			return
 		}
-		if b.keep(topic, b.state.SetBrokerOnline(t.Broker, online)) {
+		if b.keep(topic, b.state.setBrokerOnline(t.Broker, online)) {
 			b.log.Info("broker status", "broker", t.Broker, "online", online, "brokers_online", b.state.onlineBrokers())
 		}
 	case wgkex.TopicStatus:
-		online := false
-		if len(payload) > 0 { // an empty payload clears a retained status
-			if online, err = wgkex.ParseStatus(payload); err != nil {
-				b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
-				return
-			}
+		online, err := parseOnline(payload)
+		if err != nil {
+			b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
+			return
 		}
-		if b.keep(topic, b.state.SetOnline(t.Worker, online)) {
+		if b.keep(topic, b.state.setOnline(t.Worker, online)) {
 			b.log.Info("worker status", "worker", t.Worker, "online", online)
 		}
 	case wgkex.TopicData:
 		if len(payload) == 0 {
-			b.keep(topic, b.state.SetData(t.Worker, t.Domain, nil))
+			b.keep(topic, b.state.setData(t.Worker, t.Domain, nil))
 			return
 		}
 		d, err := wgkex.ParseWorkerData(payload)
@@ -368,7 +363,7 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 			b.log.Warn("dropping MQTT message", "topic", topic, "err", err)
 			return
 		}
-		if b.keep(topic, b.state.SetData(t.Worker, t.Domain, &d)) {
+		if b.keep(topic, b.state.setData(t.Worker, t.Domain, &d)) {
 			b.log.Info("worker data", "worker", t.Worker, "domain", t.Domain, "address", d.ExternalAddress, "port", d.Port)
 		}
 	case wgkex.TopicMetric:
@@ -382,7 +377,7 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 				return
 			}
 		}
-		if b.keep(topic, b.state.SetConnectedPeers(t.Worker, t.Domain, n)) {
+		if b.keep(topic, b.state.setConnectedPeers(t.Worker, t.Domain, n)) {
 			b.log.Debug("worker metric", "worker", t.Worker, "domain", t.Domain, "connected_peers", n)
 		}
 	default:
@@ -394,12 +389,12 @@ func (b *Broker) HandleMessage(topic string, payload []byte) {
 // made-up names must not become a flood of log lines.
 const ignoredLogGap = time.Minute
 
-// keep logs a state update the State refused; it reports whether it took.
+// keep logs a state update the state refused; it reports whether it took.
 func (b *Broker) keep(topic string, err error) bool {
 	switch {
 	case err == nil:
 		return true
-	case errors.Is(err, ErrUnlistedWorker), errors.Is(err, ErrTooManyWorkers), errors.Is(err, ErrTooManyBrokers):
+	case errors.Is(err, errUnlistedWorker), errors.Is(err, errTooManyWorkers), errors.Is(err, errTooManyBrokers):
 		b.log.Debug("dropping MQTT message", "topic", topic, "err", err)
 		b.ignoredMu.Lock()
 		defer b.ignoredMu.Unlock()
@@ -415,32 +410,11 @@ func (b *Broker) keep(topic string, err error) bool {
 	return false
 }
 
-type errorBody struct {
-	Error struct {
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	var e errorBody
-	e.Error.Message = msg
-	writeJSON(w, code, e)
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	buf, err := json.Marshal(v)
-	if err != nil {
-		code, buf = http.StatusInternalServerError, []byte(`{"error":{"message":"internal error"}}`)
+// parseOnline reads a status payload; an empty one clears a retained
+// status, which means offline.
+func parseOnline(payload []byte) (bool, error) {
+	if len(payload) == 0 {
+		return false, nil
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(buf)+1))
-	w.WriteHeader(code)
-	w.Write(append(buf, '\n'))
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
+	return wgkex.ParseStatus(payload)
 }

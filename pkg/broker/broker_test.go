@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
 )
 
 const testKey = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
@@ -98,13 +100,19 @@ func TestV1(t *testing.T) {
 	}
 }
 
+// announceGW04 is gw04 coming online for ffmuc_welt with peers connected
+// peers and its interface data, link address linkAddr.
+func announceGW04(b *Broker, peers, linkAddr string) {
+	b.HandleMessage("wireguard-worker/gw04/status", []byte("1"))
+	b.HandleMessage("wireguard-metrics/ffmuc_welt/gw04/connected_peers", []byte(peers))
+	b.HandleMessage("wireguard-worker/gw04/ffmuc_welt/data",
+		[]byte(`{"ExternalAddress":"gw04.ext.ffmuc.net","Port":40011,"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"`+linkAddr+`"}`))
+}
+
 func TestV2(t *testing.T) {
 	pub := &fakePublisher{}
 	b := newTestBroker(pub)
-	b.HandleMessage("wireguard-worker/gw04/status", []byte("1"))
-	b.HandleMessage("wireguard-metrics/ffmuc_welt/gw04/connected_peers", []byte("12"))
-	b.HandleMessage("wireguard-worker/gw04/ffmuc_welt/data",
-		[]byte(`{"ExternalAddress":"gw04.ext.ffmuc.net","Port":40011,"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74"}`))
+	announceGW04(b, "12", "fe80::27c:16ff:fec0:6c74")
 
 	resp, m := do(t, b, "POST", "/api/v2/wg/key/exchange", "application/x-www-form-urlencoded", body("ffmuc_welt", testKey))
 	if resp.StatusCode != 200 {
@@ -134,7 +142,7 @@ func TestV2(t *testing.T) {
 	if resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("Content-Type = %q", resp.Header.Get("Content-Type"))
 	}
-	if got := b.State().Snapshot()[0].Peers["ffmuc_welt"]; got != 13 {
+	if got := b.state.snapshot()[0].Peers["ffmuc_welt"]; got != 13 {
 		t.Errorf("local peer count = %d, want 13", got)
 	}
 }
@@ -239,17 +247,17 @@ func TestHandleMessageDropsBadInput(t *testing.T) {
 	} {
 		b.HandleMessage(m.topic, []byte(m.payload))
 	}
-	snap := b.State().Snapshot()
+	snap := b.state.snapshot()
 	if len(snap) != 1 || !snap[0].Online || snap[0].Peers["ffmuc_welt"] != 5 || len(snap[0].Data) != 0 || len(snap[0].Peers) != 1 {
 		t.Fatalf("state changed by bad input: %+v", snap)
 	}
 	// An empty retained payload clears; -1 removes.
 	b.HandleMessage("wireguard-metrics/ffmuc_welt/gw/connected_peers", []byte("-1"))
-	if _, ok := b.State().Snapshot()[0].Peers["ffmuc_welt"]; ok {
+	if _, ok := b.state.snapshot()[0].Peers["ffmuc_welt"]; ok {
 		t.Error("-1 did not remove the domain")
 	}
 	b.HandleMessage("wireguard-worker/gw/status", nil)
-	if b.State().Snapshot()[0].Online {
+	if b.state.snapshot()[0].Online {
 		t.Error("cleared status still online")
 	}
 }
@@ -275,7 +283,7 @@ func FuzzHandleMessage(f *testing.F) {
 	b := newTestBroker(&fakePublisher{})
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
 		b.HandleMessage(topic, payload) // must not panic
-		for _, w := range b.State().Snapshot() {
+		for _, w := range b.state.snapshot() {
 			for d, n := range w.Peers {
 				if n < 0 || d != "ffmuc_welt" && d != "ffmuc_nord" {
 					t.Fatalf("bad state from %q %q: %v", topic, payload, w.Peers)
@@ -299,10 +307,7 @@ func keys(m map[string]any) []string {
 // /128 to it and use it as their VXLAN remote.
 func TestV2LinkAddressWithPrefix(t *testing.T) {
 	b := newTestBroker(&fakePublisher{})
-	b.HandleMessage("wireguard-worker/gw04/status", []byte("1"))
-	b.HandleMessage("wireguard-metrics/ffmuc_welt/gw04/connected_peers", []byte("0"))
-	b.HandleMessage("wireguard-worker/gw04/ffmuc_welt/data",
-		[]byte(`{"ExternalAddress":"gw04.ext.ffmuc.net","Port":40011,"PublicKey":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=","LinkAddress":"fe80::27c:16ff:fec0:6c74/64"}`))
+	announceGW04(b, "0", "fe80::27c:16ff:fec0:6c74/64")
 	resp, m := do(t, b, "POST", "/api/v2/wg/key/exchange", "application/json", body("ffmuc_welt", testKey))
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %v", resp.StatusCode, m)
@@ -354,7 +359,9 @@ func TestLimitWrapsKeyExchangeOnly(t *testing.T) {
 	b := New(Options{
 		Domains: []string{"ffmuc_welt"}, Publisher: &fakePublisher{}, KeyQoS: 1,
 		Limit: func(http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { writeError(w, http.StatusTooManyRequests, "slow down") })
+			return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				httpjson.Error(w, http.StatusTooManyRequests, "slow down")
+			})
 		},
 		Logger: slog.New(slog.DiscardHandler),
 	})

@@ -7,13 +7,13 @@ import (
 	"time"
 )
 
-// ErrTooManyBrokers: the broker table is full of brokers that are online or
+// errTooManyBrokers: the broker table is full of brokers that are online or
 // were heard of recently, and a new name has no place.
-var ErrTooManyBrokers = errors.New("too many brokers known; ignoring a new one")
+var errTooManyBrokers = errors.New("too many brokers known; ignoring a new one")
 
 // maxBrokers bounds the broker table, so that made-up names on the bus
 // cannot grow it without limit. Real deployments run a handful of brokers.
-// It also bounds the count a choice adds (State.Choose): junk on the bus can
+// It also bounds the count a choice adds (state.choose): junk on the bus can
 // inflate it to at most this.
 const maxBrokers = 256
 
@@ -43,8 +43,8 @@ func newBrokerTable(self string) brokerTable {
 	return t
 }
 
-// SetBrokerOnline records a broker's status message.
-func (s *State) SetBrokerOnline(name string, online bool) error {
+// setBrokerOnline records a broker's status message.
+func (s *state) setBrokerOnline(name string, online bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -61,7 +61,7 @@ func (s *State) SetBrokerOnline(name string, online bool) error {
 			others--
 		}
 		if others >= s.brokerBudget { // the sweep above made what room there is
-			return ErrTooManyBrokers
+			return errTooManyBrokers
 		}
 		b = &brokerState{name: name}
 		s.brokers[key] = b
@@ -79,13 +79,13 @@ func (s *State) SetBrokerOnline(name string, online bool) error {
 
 // brokersOnline is how many brokers are online, this one included. Call it
 // with s.mu held.
-func (s *State) brokersOnline() int { return 1 + s.othersOnline }
+func (s *state) brokersOnline() int { return 1 + s.othersOnline }
 
 // sweepBrokers forgets the brokers that are offline and have been silent
-// for the expiry time, at most once per minSweepGap (as State.sweep does
+// for the expiry time, at most once per minSweepGap (as state.sweep does
 // for workers). Online brokers stay: their retained status speaks for them
 // until their will or their shutdown says 0.
-func (s *State) sweepBrokers(now time.Time) {
+func (s *state) sweepBrokers(now time.Time) {
 	if now.Before(s.nextBSweep) {
 		return
 	}
@@ -102,28 +102,25 @@ func (s *State) sweepBrokers(now time.Time) {
 			oldest = b.lastSeen
 		}
 	}
-	s.nextBSweep = oldest.Add(s.expiry)
-	if gap := now.Add(minSweepGap); s.nextBSweep.Before(gap) {
-		s.nextBSweep = gap
-	}
+	s.nextBSweep = s.nextSweepAt(oldest, now)
 }
 
-// BrokerSnapshot is one broker as this one sees it.
-type BrokerSnapshot struct {
+// brokerSnapshot is one broker as this one sees it.
+type brokerSnapshot struct {
 	Name     string
 	Online   bool
 	LastSeen time.Time // zero: never heard on the bus
 	Self     bool      // this broker
 }
 
-// Brokers lists the brokers known, this one included, sorted by name.
-func (s *State) Brokers() []BrokerSnapshot {
+// brokerSnapshots lists the brokers known, this one included, sorted by name.
+func (s *state) brokerSnapshots() []brokerSnapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweepBrokers(s.now())
-	out := make([]BrokerSnapshot, 0, len(s.brokers))
+	out := make([]brokerSnapshot, 0, len(s.brokers))
 	for key, b := range s.brokers {
-		out = append(out, BrokerSnapshot{Name: b.name, Online: b.online, LastSeen: b.lastSeen, Self: key == s.self})
+		out = append(out, brokerSnapshot{Name: b.name, Online: b.online, LastSeen: b.lastSeen, Self: key == s.self})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -131,7 +128,7 @@ func (s *State) Brokers() []BrokerSnapshot {
 
 // onlineBrokers is how many brokers are online, this one included: what a
 // choice adds to the chosen gateway's count.
-func (s *State) onlineBrokers() int {
+func (s *state) onlineBrokers() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.brokersOnline()

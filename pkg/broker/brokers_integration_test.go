@@ -1,4 +1,4 @@
-package broker_test
+package broker
 
 import (
 	"context"
@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex/internal/testbus"
-	"github.com/freifunkMUC/wgkex/pkg/broker"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
@@ -26,7 +25,7 @@ import (
 // announces itself on every connection and leaves its will.
 type namedBroker struct {
 	name   string
-	b      *broker.Broker
+	b      *Broker
 	http   *httptest.Server
 	client *mqtt.Client
 }
@@ -42,11 +41,11 @@ func startNamedBroker(t *testing.T, server *url.URL, name string, weights map[st
 				t.Errorf("%s: announce: %v", name, err)
 			}
 		}}
-	for _, f := range broker.Subscriptions() {
+	for _, f := range Subscriptions() {
 		o.Subscriptions = append(o.Subscriptions, mqtt.Subscription{Filter: f, QoS: 1})
 	}
 	nb.client = mqtt.New(o)
-	nb.b = broker.New(broker.Options{Name: name, Domains: []string{"ffmuc_welt"}, Publisher: nb.client, KeyQoS: 1,
+	nb.b = New(Options{Name: name, Domains: []string{"ffmuc_welt"}, Publisher: nb.client, KeyQoS: 1,
 		Weight: func(w string) int {
 			if n, ok := weights[w]; ok {
 				return n
@@ -61,14 +60,14 @@ func startNamedBroker(t *testing.T, server *url.URL, name string, weights map[st
 }
 
 // status is /api/v1/status of the broker, over HTTP.
-func (nb *namedBroker) status(t *testing.T) broker.Status {
+func (nb *namedBroker) status(t *testing.T) Status {
 	t.Helper()
 	resp, err := http.Get(nb.http.URL + "/api/v1/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st broker.Status
+	var st Status
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +136,7 @@ func (f *fakeWorkers) report(t *testing.T, brokers ...*namedBroker) {
 	}
 	eventually(t, "the brokers to hold the reported counts", func() bool {
 		for _, nb := range brokers {
-			for _, w := range nb.b.State().Snapshot() {
+			for _, w := range nb.b.state.snapshot() {
 				if w.Peers["ffmuc_welt"] != f.peers[w.Name] {
 					return false
 				}
@@ -161,8 +160,8 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 	both := map[string]bool{"broker-a": true, "broker-b": true}
 	eventually(t, "the brokers to see each other", func() bool { return a.sees(t, both) && b.sees(t, both) })
 	eventually(t, "the workers", func() bool {
-		_, okA := a.b.State().Best("ffmuc_welt")
-		_, okB := b.b.State().Best("ffmuc_welt")
+		_, okA := a.b.state.best("ffmuc_welt")
+		_, okB := b.b.state.best("ffmuc_welt")
 		return okA && okB
 	})
 
@@ -177,7 +176,7 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 			}
 			workers.peers[w]++
 			if i == 0 { // each broker counts a choice once per broker online
-				for _, s := range a.b.State().Snapshot() {
+				for _, s := range a.b.state.snapshot() {
 					if s.Name == w && s.Peers["ffmuc_welt"] != workers.peers[w]+1 {
 						t.Fatalf("%s counted %d after one choice, want %d", a.name, s.Peers["ffmuc_welt"], workers.peers[w]+1)
 					}

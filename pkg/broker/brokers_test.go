@@ -15,9 +15,9 @@ import (
 	"github.com/freifunkMUC/wgkex/internal/promtest"
 )
 
-func brokerNames(s *State) map[string]bool {
+func brokerNames(s *state) map[string]bool {
 	out := map[string]bool{}
-	for _, b := range s.Brokers() {
+	for _, b := range s.brokerSnapshots() {
 		out[fmt.Sprintf("%s online=%v self=%v", b.Name, b.Online, b.Self)] = true
 	}
 	return out
@@ -31,27 +31,27 @@ func TestBrokerPresence(t *testing.T) {
 	}
 	// At startup the bus hands back this broker's own 0 of its last
 	// shutdown: it still counts itself.
-	s.SetBrokerOnline("b1", false)
-	s.SetBrokerOnline("b2", true)
-	s.SetBrokerOnline("b3", true)
+	s.setBrokerOnline("b1", false)
+	s.setBrokerOnline("b2", true)
+	s.setBrokerOnline("b3", true)
 	if n := s.onlineBrokers(); n != 3 {
 		t.Fatalf("%d brokers online, want 3", n)
 	}
-	s.SetBrokerOnline("B3", false) // names are case-insensitive
-	s.SetBrokerOnline("b2", true)  // repeated: no double count
+	s.setBrokerOnline("B3", false) // names are case-insensitive
+	s.setBrokerOnline("b2", true)  // repeated: no double count
 	if n := s.onlineBrokers(); n != 2 {
 		t.Fatalf("%d brokers online, want 2", n)
 	}
-	got := s.Brokers()
-	want := []BrokerSnapshot{{"B1", true, clock.Now(), true}, {"b2", true, clock.Now(), false}, {"b3", false, clock.Now(), false}}
+	got := s.brokerSnapshots()
+	want := []brokerSnapshot{{"B1", true, clock.Now(), true}, {"b2", true, clock.Now(), false}, {"b3", false, clock.Now(), false}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("Brokers() = %v, want %v", got, want)
 	}
 
 	// Without a name of its own a broker counts the others and itself.
 	s = newState(stateConfig{})
-	s.SetBrokerOnline("b2", true)
-	if n, list := s.onlineBrokers(), s.Brokers(); n != 2 || len(list) != 1 || list[0].Self {
+	s.setBrokerOnline("b2", true)
+	if n, list := s.onlineBrokers(), s.brokerSnapshots(); n != 2 || len(list) != 1 || list[0].Self {
 		t.Errorf("nameless: %d online, %v", n, list)
 	}
 }
@@ -59,14 +59,14 @@ func TestBrokerPresence(t *testing.T) {
 func TestBrokerExpiry(t *testing.T) {
 	clock := newClock()
 	s := newState(stateConfig{now: clock.Now, self: "b1", expiry: 10 * time.Minute})
-	s.SetBrokerOnline("up", true)     // online: kept however silent
-	s.SetBrokerOnline("down", false)  // offline and silent: forgotten
-	s.SetBrokerOnline("later", false) // offline, heard again below
+	s.setBrokerOnline("up", true)     // online: kept however silent
+	s.setBrokerOnline("down", false)  // offline and silent: forgotten
+	s.setBrokerOnline("later", false) // offline, heard again below
 	clock.Advance(10*time.Minute - time.Second)
-	if got := s.Brokers(); len(got) != 4 {
+	if got := s.brokerSnapshots(); len(got) != 4 {
 		t.Fatalf("forgotten before the expiry: %v", got)
 	}
-	s.SetBrokerOnline("later", false)
+	s.setBrokerOnline("later", false)
 	clock.Advance(time.Second)
 	got := brokerNames(s)
 	want := map[string]bool{"b1 online=true self=true": true, "up online=true self=false": true, "later online=false self=false": true}
@@ -84,24 +84,24 @@ func TestBrokerTableBounded(t *testing.T) {
 	clock := newClock()
 	s := newState(stateConfig{now: clock.Now, self: "me"})
 	for i := range maxBrokers {
-		if err := s.SetBrokerOnline(fmt.Sprintf("junk%d", i), i%2 == 0); err != nil {
+		if err := s.setBrokerOnline(fmt.Sprintf("junk%d", i), i%2 == 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.SetBrokerOnline("real", true); !errors.Is(err, ErrTooManyBrokers) {
+	if err := s.setBrokerOnline("real", true); !errors.Is(err, errTooManyBrokers) {
 		t.Fatalf("full table: %v", err)
 	}
-	if err := s.SetBrokerOnline("JUNK1", true); err != nil {
+	if err := s.setBrokerOnline("JUNK1", true); err != nil {
 		t.Fatalf("a known name refused: %v", err)
 	}
 	if n := s.onlineBrokers(); n != 1+maxBrokers/2+1 {
 		t.Errorf("%d online", n)
 	}
-	clock.Advance(DefaultWorkerExpiry)
-	if err := s.SetBrokerOnline("real", true); err != nil {
+	clock.Advance(defaultWorkerExpiry)
+	if err := s.setBrokerOnline("real", true); err != nil {
 		t.Fatalf("no room once the offline junk expired: %v", err)
 	}
-	if got := len(s.Brokers()); got != 1+maxBrokers/2+1+1 {
+	if got := len(s.brokerSnapshots()); got != 1+maxBrokers/2+1+1 {
 		t.Errorf("%d entries", got)
 	}
 }
@@ -113,21 +113,21 @@ func TestChooseCountsEveryBroker(t *testing.T) {
 	online(s, "w1", map[string]int{"d": 10})
 	step := func(want int) {
 		t.Helper()
-		before := s.Snapshot()[0].Peers["d"]
-		if _, err := s.Choose("d", testKey); err != nil {
+		before := s.snapshot()[0].Peers["d"]
+		if _, err := s.choose("d", testKey); err != nil {
 			t.Fatal(err)
 		}
-		if got := s.Snapshot()[0].Peers["d"] - before; got != want {
+		if got := s.snapshot()[0].Peers["d"] - before; got != want {
 			t.Errorf("a choice added %d, want %d", got, want)
 		}
 	}
 	step(1)
-	s.SetBrokerOnline("b2", true)
-	s.SetBrokerOnline("b3", true)
+	s.setBrokerOnline("b2", true)
+	s.setBrokerOnline("b3", true)
 	step(3)
-	s.SetBrokerOnline("b3", false)
+	s.setBrokerOnline("b3", false)
 	step(2)
-	s.SetBrokerOnline("b2", false)
+	s.setBrokerOnline("b2", false)
 	step(1)
 }
 
@@ -139,19 +139,19 @@ func TestChooseCountsEveryBroker(t *testing.T) {
 func TestTwoBrokersFillTogether(t *testing.T) {
 	a := newState(stateConfig{self: "a"})
 	b := newState(stateConfig{self: "b"})
-	for _, s := range []*State{a, b} {
+	for _, s := range []*state{a, b} {
 		online(s, "w1", map[string]int{"d": 100})
 		online(s, "w2", map[string]int{"d": 0})
 	}
-	a.SetBrokerOnline("b", true)
-	b.SetBrokerOnline("a", true)
+	a.setBrokerOnline("b", true)
+	b.setBrokerOnline("a", true)
 	real := map[string]int{"w1": 100, "w2": 0}
 	for i := range 200 {
 		s := a
 		if i%2 == 1 {
 			s = b
 		}
-		c, err := s.Choose("d", testKey)
+		c, err := s.choose("d", testKey)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,7 +48,7 @@ func TestDomainGatewaysMetric(t *testing.T) {
 			if got != want {
 				t.Errorf("%s: gateways of %s = %v, want %v", step.what, domain, got, want)
 			}
-			if _, ok := b.State().Best(domain); ok != (got > 0) {
+			if _, ok := b.state.best(domain); ok != (got > 0) {
 				t.Errorf("%s: %s: v2 finds a gateway: %v, metric says %v", step.what, domain, ok, got)
 			}
 		}

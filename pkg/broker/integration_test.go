@@ -1,4 +1,4 @@
-package broker_test
+package broker
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freifunkMUC/wgkex/internal/testbus"
-	"github.com/freifunkMUC/wgkex/pkg/broker"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
@@ -22,22 +21,22 @@ import (
 const nodeKey = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 
 // startBroker runs a Broker on a real MQTT connection behind a real HTTP server.
-func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*broker.Broker, *httptest.Server) {
+func startBroker(t testing.TB, server *url.URL, weights map[string]int) (*Broker, *httptest.Server) {
 	t.Helper()
 	return startBrokerWith(t, server, weights, nil)
 }
 
 // startBrokerWith is startBroker with more options set by more.
-func startBrokerWith(t testing.TB, server *url.URL, weights map[string]int, more func(*broker.Options)) (*broker.Broker, *httptest.Server) {
+func startBrokerWith(t testing.TB, server *url.URL, weights map[string]int, more func(*Options)) (*Broker, *httptest.Server) {
 	t.Helper()
-	var b *broker.Broker
+	var b *Broker
 	o := mqtt.Options{Server: server, ClientID: fmt.Sprintf("broker-%d", time.Now().UnixNano()), Keepalive: 5 * time.Second, Logger: testbus.Quiet(),
 		OnMessage: func(m mqtt.Message) { b.HandleMessage(m.Topic, m.Payload) }}
-	for _, f := range broker.Subscriptions() {
+	for _, f := range Subscriptions() {
 		o.Subscriptions = append(o.Subscriptions, mqtt.Subscription{Filter: f, QoS: 1})
 	}
 	client := mqtt.New(o)
-	bo := broker.Options{
+	bo := Options{
 		Domains: []string{"ffmuc_welt", "ffmuc_nord"},
 		Weight: func(w string) int {
 			if n, ok := weights[w]; ok {
@@ -53,7 +52,7 @@ func startBrokerWith(t testing.TB, server *url.URL, weights map[string]int, more
 	if more != nil {
 		more(&bo)
 	}
-	b = broker.New(bo)
+	b = New(bo)
 	testbus.Start(t, client)
 	hs := httptest.NewServer(b)
 	t.Cleanup(hs.Close)
@@ -145,7 +144,7 @@ func TestBrokerOnRealBus(t *testing.T) {
 
 			t.Run("v2 returns the retained worker", func(t *testing.T) {
 				eventually(t, "retained state of both workers", func() bool {
-					snap := b.State().Snapshot()
+					snap := b.state.snapshot()
 					return len(snap) == 2 && snap[0].Online && snap[1].Online && len(snap[0].Data) == 1 && len(snap[1].Data) == 1 &&
 						snap[0].Peers["ffmuc_welt"] == 20 && snap[1].Peers["ffmuc_welt"] == 19
 				})
@@ -167,7 +166,7 @@ func TestBrokerOnRealBus(t *testing.T) {
 			t.Run("status 0 takes a worker out", func(t *testing.T) {
 				testbus.Publish(t, srv.URL, wgkex.StatusTopic("gw2"), "0", 1, true)
 				eventually(t, "gw2 offline", func() bool {
-					for _, w := range b.State().Snapshot() {
+					for _, w := range b.state.snapshot() {
 						if w.Name == "gw2" {
 							return !w.Online
 						}
@@ -192,9 +191,9 @@ func TestBrokerOnRealBus(t *testing.T) {
 				if err := w.Publish(ctx, wgkex.StatusTopic("gw3"), []byte("1"), 1, true); err != nil {
 					t.Fatal(err)
 				}
-				eventually(t, "gw3 chosen", func() bool { n, ok := b.State().Best("ffmuc_nord"); return ok && n == "gw3" })
+				eventually(t, "gw3 chosen", func() bool { n, ok := b.state.best("ffmuc_nord"); return ok && n == "gw3" })
 				w.Kill()
-				eventually(t, "gw3 gone after its will", func() bool { _, ok := b.State().Best("ffmuc_nord"); return !ok })
+				eventually(t, "gw3 gone after its will", func() bool { _, ok := b.state.best("ffmuc_nord"); return !ok })
 				code, m := post(t, hs.URL, "/api/v2/wg/key/exchange", "ffmuc_nord", nodeKey)
 				if code != 400 || !strings.Contains(fmt.Sprint(m), "no gateway online") {
 					t.Errorf("v2 without gateway: %d %v", code, m)
@@ -238,7 +237,7 @@ func TestRetainedJunkAtStart(t *testing.T) {
 			for _, knownOnly := range []bool{false, true} {
 				t.Run(fmt.Sprintf("known_workers_only=%v", knownOnly), func(t *testing.T) {
 					reg := prometheus.NewRegistry()
-					b, hs := startBrokerWith(t, srv.URL, nil, func(o *broker.Options) {
+					b, hs := startBrokerWith(t, srv.URL, nil, func(o *Options) {
 						o.KnownWorkers, o.KnownWorkersOnly, o.Registry, o.Gatherer = []string{"GW1"}, knownOnly, reg, reg
 					})
 					ignored := func() float64 {
@@ -262,10 +261,10 @@ func TestRetainedJunkAtStart(t *testing.T) {
 						want = 2 * junk
 					}
 					eventually(t, "the retained state", func() bool {
-						w, ok := b.State().Best("ffmuc_welt")
+						w, ok := b.state.best("ffmuc_welt")
 						return ok && w == "gw1" && ignored() == want
 					})
-					if n := len(b.State().Snapshot()); knownOnly && n != 1 || n > 1+4096 {
+					if n := len(b.state.snapshot()); knownOnly && n != 1 || n > 1+4096 {
 						t.Errorf("%d workers in the table", n)
 					}
 					for range 3 {

@@ -35,7 +35,7 @@ func registerLimitMetrics(reg prometheus.Registerer, b *Broker) {
 		}, func() float64 { return float64(max(b.maxConn, 0)) }))
 }
 
-type tableCollector struct{ s *State }
+type tableCollector struct{ s *state }
 
 func (c tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descIgnored

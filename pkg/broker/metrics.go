@@ -91,14 +91,14 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	online := 0
 	gateways := make(map[string]int, len(c.b.domains))
-	for _, w := range c.b.state.Snapshot() {
+	for _, w := range c.b.state.snapshot() {
 		if w.Online {
 			online++
 		}
 		ch <- prometheus.MustNewConstMetric(descWorkerUp, prometheus.GaugeValue, boolFloat(w.Online), w.Name)
 		for d, n := range w.Peers {
 			ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), w.Name, d)
-			// The candidates of State.Choose.
+			// The candidates of state.choose.
 			if _, ok := w.Data[d]; ok && w.Online && n >= 0 && w.Weight > 0 {
 				gateways[d]++
 			}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
 )
 
 // Server limits (docs/protocol.md §2.2).
@@ -26,14 +28,14 @@ const (
 	shutdownTimeout   = 10 * time.Second
 )
 
-// DefaultMaxConnections bounds the HTTP connections the broker serves at
+// defaultMaxConnections bounds the HTTP connections the broker serves at
 // once. An idle connection costs it about 16 KiB (goroutine stack, read and
 // write buffers), some 20 KiB with the collector's headroom, so this bound
 // keeps a flood of idle connections near 100 MiB (bench/idleconns.sh; without
 // it, 20,000 of them took the broker past 200 MiB). Real load is far below it:
 // a node's key exchange holds a connection for milliseconds. It equals
 // Linux's default accept queue (somaxconn), which waits behind it.
-const DefaultMaxConnections = 4096
+const defaultMaxConnections = 4096
 
 // Serve answers HTTP on ln until ctx is done, then stops accepting, lets the
 // requests in flight finish (at most 10 s) and returns nil. Serve closes ln.
@@ -266,7 +268,7 @@ func jsonServerError(p []byte, maxHeader int) (reply []byte, code int, ok bool) 
 	if msg == "" {
 		msg = strings.ToLower(http.StatusText(code))
 	}
-	var e errorBody
+	var e httpjson.ErrorBody
 	e.Error.Message = msg
 	js, _ := json.Marshal(e)
 	reply = fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: %d\r\nContent-Type: application/json\r\n\r\n%s\n",

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
 )
 
 // serveTest runs b.serve on a loopback port and returns its address. The
@@ -171,7 +173,7 @@ func TestServerErrorsAreJSON(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			var e errorBody
+			var e httpjson.ErrorBody
 			raw, _ := io.ReadAll(resp.Body)
 			if err := json.Unmarshal(raw, &e); err != nil || resp.StatusCode != tc.code ||
 				resp.Header.Get("Content-Type") != "application/json" || e.Error.Message != tc.msg {
@@ -207,7 +209,7 @@ func FuzzJSONServerError(f *testing.F) {
 		if err != nil || resp.StatusCode != code {
 			t.Fatalf("%q became an unreadable reply %q: %v", p, reply, err)
 		}
-		var e errorBody
+		var e httpjson.ErrorBody
 		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Error.Message == "" {
 			t.Fatalf("%q: body %v", p, err)
 		}

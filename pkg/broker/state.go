@@ -15,14 +15,14 @@ import (
 
 // Errors of gateway selection, mapped to the HTTP answers of docs/protocol.md §2.
 var (
-	ErrNoGateway     = errors.New("no gateway online for this domain, please check the domain value and try again later")
-	ErrNoGatewayData = errors.New("could not get gateway data")
+	errNoGateway     = errors.New("no gateway online for this domain, please check the domain value and try again later")
+	errNoGatewayData = errors.New("could not get gateway data")
 )
 
 // Why a message from the bus left the worker table unchanged.
 var (
-	ErrUnlistedWorker = errors.New("worker is not listed under workers (known_workers_only); ignoring it")
-	ErrTooManyWorkers = errors.New("too many unlisted workers known; ignoring a new one")
+	errUnlistedWorker = errors.New("worker is not listed under workers (known_workers_only); ignoring it")
+	errTooManyWorkers = errors.New("too many unlisted workers known; ignoring a new one")
 )
 
 // maxUnlisted bounds how many workers not listed under workers: the broker
@@ -30,15 +30,15 @@ var (
 // limit. Listed workers always have a place besides these.
 const maxUnlisted = 4096
 
-// DefaultWorkerExpiry is how long an unlisted worker that cannot be chosen
+// defaultWorkerExpiry is how long an unlisted worker that cannot be chosen
 // (offline, or without a data message) is kept after its last message.
-const DefaultWorkerExpiry = 10 * time.Minute
+const defaultWorkerExpiry = 10 * time.Minute
 
 // minSweepGap spaces out scans of the table for expired workers, so that a
 // flood of new names cannot make every message a scan of the whole table.
 const minSweepGap = time.Second
 
-// State is what the broker knows of the workers, and of the other brokers,
+// state is what the broker knows of the workers, and of the other brokers,
 // from the bus. It is safe for concurrent use.
 //
 // Worker names are compared case-insensitively (they are host names), so the
@@ -46,7 +46,7 @@ const minSweepGap = time.Second
 // are always kept. Unlisted ones share maxUnlisted places; one that cannot be
 // chosen and has been silent for the expiry time is forgotten, and a new name
 // finds no place while all are taken by others (docs/protocol.md §3.3).
-type State struct {
+type state struct {
 	mu        sync.Mutex
 	workers   map[string]*workerState // lower-cased name -> state
 	unlisted  int                     // entries not listed in the configuration
@@ -94,7 +94,7 @@ type stateConfig struct {
 	self      string  // this broker's name; "" when it does not announce itself
 }
 
-func newState(c stateConfig) *State {
+func newState(c stateConfig) *state {
 	if c.weight == nil {
 		c.weight = func(string) int { return 1 }
 	}
@@ -102,12 +102,12 @@ func newState(c stateConfig) *State {
 		c.now = time.Now
 	}
 	if c.expiry <= 0 {
-		c.expiry = DefaultWorkerExpiry
+		c.expiry = defaultWorkerExpiry
 	}
 	if c.budget <= 0 {
 		c.budget = maxUnlisted
 	}
-	s := &State{workers: map[string]*workerState{}, listed: map[string]bool{}, knownOnly: c.knownOnly,
+	s := &state{workers: map[string]*workerState{}, listed: map[string]bool{}, knownOnly: c.knownOnly,
 		budget: c.budget, expiry: c.expiry, weight: c.weight, now: c.now,
 		sticky: c.sticky, tolerance: max(c.tolerance, 0) / 100}
 	s.brokerTable = newBrokerTable(c.self)
@@ -118,7 +118,7 @@ func newState(c stateConfig) *State {
 }
 
 // worker finds or admits the entry for name and marks it as just heard.
-func (s *State) worker(name string) (*workerState, error) {
+func (s *state) worker(name string) (*workerState, error) {
 	now := s.now()
 	s.sweep(now)
 	key := strings.ToLower(name)
@@ -129,10 +129,10 @@ func (s *State) worker(name string) (*workerState, error) {
 		case listed:
 		case s.knownOnly:
 			s.ignoredUnlisted++
-			return nil, ErrUnlistedWorker
+			return nil, errUnlistedWorker
 		case s.unlisted >= s.budget: // the sweep above made what room there is
 			s.ignoredFull++
-			return nil, ErrTooManyWorkers
+			return nil, errTooManyWorkers
 		}
 		w = &workerState{name: name, id: key, listed: listed, peers: map[string]int{}, data: map[string]wgkex.WorkerData{}}
 		s.workers[key] = w
@@ -148,7 +148,7 @@ func (s *State) worker(name string) (*workerState, error) {
 // silent for the expiry time. It scans only when one of them can have
 // expired since the last scan (lastSeen only moves forward, and new entries
 // are younger), and at most once per minSweepGap.
-func (s *State) sweep(now time.Time) {
+func (s *state) sweep(now time.Time) {
 	if now.Before(s.nextSweep) {
 		return
 	}
@@ -167,14 +167,20 @@ func (s *State) sweep(now time.Time) {
 			oldest = w.lastSeen
 		}
 	}
-	s.nextSweep = oldest.Add(s.expiry)
-	if gap := now.Add(minSweepGap); s.nextSweep.Before(gap) {
-		s.nextSweep = gap
-	}
+	s.nextSweep = s.nextSweepAt(oldest, now)
 }
 
-// SetOnline records a worker's status message.
-func (s *State) SetOnline(worker string, online bool) error {
+// nextSweepAt is when the entry last seen at oldest expires, but no sooner
+// than minSweepGap from now.
+func (s *state) nextSweepAt(oldest, now time.Time) time.Time {
+	if next := oldest.Add(s.expiry); !next.Before(now.Add(minSweepGap)) {
+		return next
+	}
+	return now.Add(minSweepGap)
+}
+
+// setOnline records a worker's status message.
+func (s *state) setOnline(worker string, online bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, err := s.worker(worker)
@@ -185,9 +191,9 @@ func (s *State) SetOnline(worker string, online bool) error {
 	return nil
 }
 
-// SetConnectedPeers records a connected_peers metric; -1 (or less) takes the
+// setConnectedPeers records a connected_peers metric; -1 (or less) takes the
 // worker out for that domain.
-func (s *State) SetConnectedPeers(worker, domain string, n int) error {
+func (s *state) setConnectedPeers(worker, domain string, n int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, err := s.worker(worker)
@@ -202,8 +208,8 @@ func (s *State) SetConnectedPeers(worker, domain string, n int) error {
 	return nil
 }
 
-// SetData records (or, with nil, forgets) a worker's data for domain.
-func (s *State) SetData(worker, domain string, d *wgkex.WorkerData) error {
+// setData records (or, with nil, forgets) a worker's data for domain.
+func (s *state) setData(worker, domain string, d *wgkex.WorkerData) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, err := s.worker(worker)
@@ -218,8 +224,8 @@ func (s *State) SetData(worker, domain string, d *wgkex.WorkerData) error {
 	return nil
 }
 
-// Choice is the outcome of a gateway selection.
-type Choice struct {
+// choice is the outcome of a gateway selection.
+type choice struct {
 	Worker string
 	Data   wgkex.WorkerData
 	// Hashed: the sticky rule's own choice (false: least loaded, by
@@ -227,7 +233,7 @@ type Choice struct {
 	Hashed bool
 }
 
-// Choose picks the gateway for a new peer with key on domain
+// choose picks the gateway for a new peer with key on domain
 // (docs/protocol.md §4) and counts the peer for it, so a burst of requests
 // spreads out before the next metrics message corrects the count.
 //
@@ -237,14 +243,14 @@ type Choice struct {
 // have handed out since the gateway's last metrics message.
 //
 // A worker without a data message for domain cannot be handed out and is no
-// candidate. ErrNoGateway: no worker online serves domain; ErrNoGatewayData:
+// candidate. errNoGateway: no worker online serves domain; errNoGatewayData:
 // some do, but none of them has sent its data message for it.
-func (s *State) Choose(domain, key string) (Choice, error) {
+func (s *state) choose(domain, key string) (choice, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cs, err := s.candidates(domain)
 	if err != nil {
-		return Choice{}, err
+		return choice{}, err
 	}
 	var w *workerState
 	hashed := false
@@ -256,12 +262,12 @@ func (s *State) Choose(domain, key string) (Choice, error) {
 		w = cs.leastLoaded()
 	}
 	w.peers[domain] = addSat(w.peers[domain], s.brokersOnline())
-	return Choice{Worker: w.name, Data: w.data[domain], Hashed: hashed}, nil
+	return choice{Worker: w.name, Data: w.data[domain], Hashed: hashed}, nil
 }
 
-// Best is which worker the least-loaded rule would choose now, without
+// best is which worker the least-loaded rule would choose now, without
 // counting (for the status page; a sticky choice depends on the node).
-func (s *State) Best(domain string) (string, bool) {
+func (s *state) best(domain string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cs, err := s.candidates(domain)
@@ -290,7 +296,7 @@ func (cs *candidateSet) target(c candidate) float64 {
 	return float64(c.weight) / float64(cs.weights) * float64(cs.total)
 }
 
-func (s *State) candidates(domain string) (*candidateSet, error) {
+func (s *state) candidates(domain string) (*candidateSet, error) {
 	cs := &candidateSet{}
 	dataless := 0
 	for _, w := range s.workers {
@@ -311,9 +317,9 @@ func (s *State) candidates(domain string) (*candidateSet, error) {
 	}
 	if len(cs.list) == 0 || cs.weights <= 0 {
 		if dataless > 0 {
-			return nil, ErrNoGatewayData
+			return nil, errNoGatewayData
 		}
-		return nil, ErrNoGateway
+		return nil, errNoGateway
 	}
 	// Ties go to the first name, so the choice does not depend on map order.
 	sort.Slice(cs.list, func(i, j int) bool { return cs.list[i].w.name < cs.list[j].w.name })
@@ -376,8 +382,8 @@ func addSat(a, b int) int {
 	return a + b
 }
 
-// WorkerSnapshot is one worker as the broker sees it.
-type WorkerSnapshot struct {
+// workerSnapshot is one worker as the broker sees it.
+type workerSnapshot struct {
 	Name     string                      `json:"name"`
 	Online   bool                        `json:"online"`
 	Weight   int                         `json:"weight"`
@@ -386,14 +392,14 @@ type WorkerSnapshot struct {
 	LastSeen time.Time                   `json:"last_seen"`
 }
 
-// Snapshot copies the state, workers sorted by name.
-func (s *State) Snapshot() []WorkerSnapshot {
+// snapshot copies the state, workers sorted by name.
+func (s *state) snapshot() []workerSnapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep(s.now())
-	out := make([]WorkerSnapshot, 0, len(s.workers))
+	out := make([]workerSnapshot, 0, len(s.workers))
 	for _, w := range s.workers {
-		ws := WorkerSnapshot{Name: w.name, Online: w.online, Weight: s.weight(w.name), LastSeen: w.lastSeen,
+		ws := workerSnapshot{Name: w.name, Online: w.online, Weight: s.weight(w.name), LastSeen: w.lastSeen,
 			Peers: make(map[string]int, len(w.peers)), Data: make(map[string]wgkex.WorkerData, len(w.data))}
 		for k, v := range w.peers {
 			ws.Peers[k] = v
@@ -413,7 +419,7 @@ type tableStats struct {
 	ignoredUnlisted, ignoredFull, evicted uint64
 }
 
-func (s *State) stats() tableStats {
+func (s *state) stats() tableStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return tableStats{entries: len(s.workers), unlisted: s.unlisted,

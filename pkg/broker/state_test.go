@@ -23,11 +23,11 @@ func weights(m map[string]int) func(string) int {
 	}
 }
 
-func online(s *State, worker string, peers map[string]int) {
-	s.SetOnline(worker, true)
+func online(s *state, worker string, peers map[string]int) {
+	s.setOnline(worker, true)
 	for d, n := range peers {
-		s.SetConnectedPeers(worker, d, n)
-		s.SetData(worker, d, data(40000))
+		s.setConnectedPeers(worker, d, n)
+		s.setData(worker, d, data(40000))
 	}
 }
 
@@ -46,7 +46,7 @@ func TestChooseWorkedCases(t *testing.T) {
 			s := newState(stateConfig{weight: weights(tc.weights)})
 			online(s, "w1", tc.w1)
 			online(s, "w2", tc.w2)
-			c, err := s.Choose("d", testKey)
+			c, err := s.choose("d", testKey)
 			if err != nil || c.Worker != tc.want {
 				t.Fatalf("Choose = %q, %v; want %q", c.Worker, err, tc.want)
 			}
@@ -57,11 +57,11 @@ func TestChooseWorkedCases(t *testing.T) {
 func TestChooseEdgeCases(t *testing.T) {
 	t.Run("no candidate", func(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
-		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
+		if _, err := s.choose("d", testKey); !errors.Is(err, errNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
-		s.SetOnline("w1", true) // online, but no metric for d yet
-		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
+		s.setOnline("w1", true) // online, but no metric for d yet
+		if _, err := s.choose("d", testKey); !errors.Is(err, errNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -69,19 +69,19 @@ func TestChooseEdgeCases(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0})
 		online(s, "w2", map[string]int{"d": 100})
-		s.SetOnline("w1", false)
-		if c, _ := s.Choose("d", testKey); c.Worker != "w2" {
+		s.setOnline("w1", false)
+		if c, _ := s.choose("d", testKey); c.Worker != "w2" {
 			t.Fatalf("chose %q", c.Worker)
 		}
 	})
 	t.Run("-1 takes a worker out of a domain", func(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 0, "e": 0})
-		s.SetConnectedPeers("w1", "d", -1)
-		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGateway) {
+		s.setConnectedPeers("w1", "d", -1)
+		if _, err := s.choose("d", testKey); !errors.Is(err, errNoGateway) {
 			t.Fatalf("err = %v", err)
 		}
-		if _, err := s.Choose("e", testKey); err != nil {
+		if _, err := s.choose("e", testKey); err != nil {
 			t.Fatalf("other domain: %v", err)
 		}
 	})
@@ -92,7 +92,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		online(s, "w3", map[string]int{"d": 0})
 		count := map[string]int{}
 		for i := 0; i < 30; i++ {
-			c, err := s.Choose("d", testKey)
+			c, err := s.choose("d", testKey)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +108,7 @@ func TestChooseEdgeCases(t *testing.T) {
 		online(s, "w2", map[string]int{"d": 0})
 		count := map[string]int{}
 		for i := 0; i < 40; i++ {
-			c, _ := s.Choose("d", testKey)
+			c, _ := s.choose("d", testKey)
 			count[c.Worker]++
 		}
 		if count["w1"] != 30 || count["w2"] != 10 {
@@ -117,21 +117,21 @@ func TestChooseEdgeCases(t *testing.T) {
 	})
 	t.Run("online without data is a 500", func(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
-		s.SetOnline("w1", true)
-		s.SetConnectedPeers("w1", "d", 3)
-		c, err := s.Choose("d", testKey)
-		if !errors.Is(err, ErrNoGatewayData) || c.Worker != "" {
+		s.setOnline("w1", true)
+		s.setConnectedPeers("w1", "d", 3)
+		c, err := s.choose("d", testKey)
+		if !errors.Is(err, errNoGatewayData) || c.Worker != "" {
 			t.Fatalf("Choose = %+v, %v", c, err)
 		}
-		if got := s.Snapshot()[0].Peers["d"]; got != 3 {
+		if got := s.snapshot()[0].Peers["d"]; got != 3 {
 			t.Errorf("a failed choice counted a peer: %d", got)
 		}
 	})
 	t.Run("data can be cleared", func(t *testing.T) {
 		s := newState(stateConfig{weight: weights(nil)})
 		online(s, "w1", map[string]int{"d": 3})
-		s.SetData("w1", "d", nil)
-		if _, err := s.Choose("d", testKey); !errors.Is(err, ErrNoGatewayData) {
+		s.setData("w1", "d", nil)
+		if _, err := s.choose("d", testKey); !errors.Is(err, errNoGatewayData) {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -148,17 +148,17 @@ func TestChooseConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 100; i++ {
-				if _, err := s.Choose("d", testKey); err != nil {
+				if _, err := s.choose("d", testKey); err != nil {
 					t.Error(err)
 					return
 				}
-				s.SetConnectedPeers("w0", "e", i)
+				s.setConnectedPeers("w0", "e", i)
 			}
 		}()
 	}
 	wg.Wait()
 	total := 0
-	for _, w := range s.Snapshot() {
+	for _, w := range s.snapshot() {
 		total += w.Peers["d"]
 	}
 	if total != 800 {
@@ -169,17 +169,17 @@ func TestChooseConcurrent(t *testing.T) {
 func TestStateBounded(t *testing.T) {
 	s := newState(stateConfig{weight: weights(nil)})
 	for i := 0; i < maxUnlisted; i++ {
-		if err := s.SetOnline(fmt.Sprintf("w%d", i), true); err != nil {
+		if err := s.setOnline(fmt.Sprintf("w%d", i), true); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.SetOnline("one-too-many", true); !errors.Is(err, ErrTooManyWorkers) {
+	if err := s.setOnline("one-too-many", true); !errors.Is(err, errTooManyWorkers) {
 		t.Fatalf("err = %v", err)
 	}
-	if err := s.SetConnectedPeers("w1", "d", 3); err != nil {
+	if err := s.setConnectedPeers("w1", "d", 3); err != nil {
 		t.Fatalf("known worker refused: %v", err)
 	}
-	if len(s.Snapshot()) != maxUnlisted {
-		t.Fatalf("%d workers", len(s.Snapshot()))
+	if len(s.snapshot()) != maxUnlisted {
+		t.Fatalf("%d workers", len(s.snapshot()))
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
 )
 
 // Status is the broker's view of the mesh, served as JSON on
@@ -60,14 +62,14 @@ func (b *Broker) Status() Status {
 	if b.state.sticky {
 		st.Selection = "sticky"
 	}
-	for _, bs := range b.state.Brokers() {
+	for _, bs := range b.state.brokerSnapshots() {
 		st.Brokers = append(st.Brokers, BrokerStatus{Name: bs.Name, Online: bs.Online, LastSeen: bs.LastSeen.UTC(), ThisBroker: bs.Self})
 	}
 	for _, d := range b.names {
-		chosen, _ := b.state.Best(d)
+		chosen, _ := b.state.best(d)
 		st.Domains = append(st.Domains, DomainStatus{Name: d, Chosen: chosen})
 	}
-	for _, w := range b.state.Snapshot() {
+	for _, w := range b.state.snapshot() {
 		ws := WorkerStatus{Name: w.Name, Online: w.Online, Weight: w.Weight, LastSeen: w.LastSeen.UTC(), Domains: map[string]WorkerDomain{}}
 		for d, n := range w.Peers {
 			wd := ws.Domains[d]
@@ -86,11 +88,11 @@ func (b *Broker) Status() Status {
 }
 
 func (b *Broker) statusJSON(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, b.Status())
+	httpjson.Write(w, http.StatusOK, b.Status())
 }
 
 func healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // readyz: the MQTT connection is up and at least one worker is online, so
@@ -101,7 +103,7 @@ func (b *Broker) readyz(w http.ResponseWriter, r *http.Request) {
 		problems = append(problems, "MQTT not connected")
 	}
 	online := 0
-	for _, ws := range b.state.Snapshot() {
+	for _, ws := range b.state.snapshot() {
 		if ws.Online {
 			online++
 		}
@@ -110,10 +112,10 @@ func (b *Broker) readyz(w http.ResponseWriter, r *http.Request) {
 		problems = append(problems, "no worker online")
 	}
 	if len(problems) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": strings.Join(problems, "; ")})
+		httpjson.Write(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": strings.Join(problems, "; ")})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "workers_online": online})
+	httpjson.Write(w, http.StatusOK, map[string]any{"status": "ready", "workers_online": online})
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{

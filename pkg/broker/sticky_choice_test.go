@@ -27,7 +27,7 @@ func TestRendezvousScoreStable(t *testing.T) {
 
 // stickyState is a sticky State with the four simulation gateways at
 // their weighted shares of 800 peers (100, 100, 200, 400).
-func stickyState(t *testing.T, self string, gatewayName func(string) string) *State {
+func stickyState(t *testing.T, self string, gatewayName func(string) string) *state {
 	t.Helper()
 	// Weights are looked up case-insensitively, as config.Weight does.
 	weight := func(n string) int { return simWeight(strings.ToLower(n)) }
@@ -36,7 +36,7 @@ func stickyState(t *testing.T, self string, gatewayName func(string) string) *St
 	return s
 }
 
-func atShare(s *State, gatewayName func(string) string) {
+func atShare(s *state, gatewayName func(string) string) {
 	for _, g := range simGateways {
 		online(s, gatewayName(g.name), map[string]int{"d": 100 * g.weight})
 	}
@@ -52,7 +52,7 @@ func TestStickySameGateway(t *testing.T) {
 		want := simGateways[hrw(key, all(true))].name
 		for try := range 3 {
 			atShare(s, same) // the metrics message puts the count back
-			c, err := s.Choose("d", key)
+			c, err := s.choose("d", key)
 			if err != nil || c.Worker != want || !c.Hashed {
 				t.Fatalf("key %d, try %d: %+v %v, want %s by the hashed rule", i, try, c, err, want)
 			}
@@ -66,8 +66,8 @@ func TestStickyIgnoresNameCase(t *testing.T) {
 	lower := stickyState(t, "", same)
 	upper := stickyState(t, "", func(n string) string { return "G" + n[1:] })
 	for _, key := range simKeys(200) {
-		a, _ := lower.Choose("d", key)
-		b, _ := upper.Choose("d", key)
+		a, _ := lower.choose("d", key)
+		b, _ := upper.choose("d", key)
 		if a.Worker[1:] != b.Worker[1:] {
 			t.Fatalf("key %s: %s and %s", key, a.Worker, b.Worker)
 		}
@@ -103,7 +103,7 @@ func TestStickyFallback(t *testing.T) {
 			online(s, "home", map[string]int{"d": tc.home})
 			online(s, "away", map[string]int{"d": max(tc.away, 0)})
 			if tc.away < 0 {
-				s.SetConnectedPeers("away", "d", -1)
+				s.setConnectedPeers("away", "d", -1)
 			}
 			var key string
 			for _, k := range simKeys(100) {
@@ -112,7 +112,7 @@ func TestStickyFallback(t *testing.T) {
 					break
 				}
 			}
-			c, err := s.Choose("d", key)
+			c, err := s.choose("d", key)
 			if err != nil || c.Worker != tc.want || c.Hashed != tc.hashed {
 				t.Errorf("Choose = %+v, %v; want %s (hashed %v)", c, err, tc.want, tc.hashed)
 			}
@@ -130,11 +130,11 @@ func TestStickyGatewayLeavesAndReturns(t *testing.T) {
 		home[k] = hrw(key, all(true))
 	}
 	const gone = 3 // gw4, half of the weight
-	s.SetOnline("gw4", false)
+	s.setOnline("gw4", false)
 	for k, key := range keys {
 		atShare(s, same)
-		s.SetOnline("gw4", false)
-		c, _ := s.Choose("d", key)
+		s.setOnline("gw4", false)
+		c, _ := s.choose("d", key)
 		want := simGateways[hrw(key, without(gone))].name
 		if c.Worker != want {
 			t.Fatalf("gw4 offline, key %d: %s, want %s", k, c.Worker, want)
@@ -145,7 +145,7 @@ func TestStickyGatewayLeavesAndReturns(t *testing.T) {
 	}
 	for k, key := range keys {
 		atShare(s, same) // gw4 back, at its share
-		if c, _ := s.Choose("d", key); c.Worker != simGateways[home[k]].name {
+		if c, _ := s.choose("d", key); c.Worker != simGateways[home[k]].name {
 			t.Fatalf("gw4 back, key %d: %s, want %s", k, c.Worker, simGateways[home[k]].name)
 		}
 	}
@@ -193,7 +193,7 @@ func TestStickyTwoBrokersAgree(t *testing.T) {
 			at := make([]string, len(keys))
 			fallback := make([]bool, len(keys))
 			for i, key := range keys { // the brokers take turns
-				c, err := brokers[i%2].state.Choose("ffmuc_welt", key)
+				c, err := brokers[i%2].state.choose("ffmuc_welt", key)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -206,7 +206,7 @@ func TestStickyTwoBrokersAgree(t *testing.T) {
 			metrics()
 			disagree, fallbacks := 0, 0
 			for i, key := range keys { // each node asks the other broker
-				c, err := brokers[(i+1)%2].state.Choose("ffmuc_welt", key)
+				c, err := brokers[(i+1)%2].state.choose("ffmuc_welt", key)
 				if err != nil {
 					t.Fatal(err)
 				}

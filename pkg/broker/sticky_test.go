@@ -162,7 +162,7 @@ func TestRendezvousSimulation(t *testing.T) {
 // in turn, and every metricsEvery requests the gateways report the peers
 // they really have, as workers do every metrics_interval.
 type simWorld struct {
-	brokers      []*State
+	brokers      []*state
 	at           []int // node -> gateway index, -1 none
 	count        []int // peers per gateway
 	online       []bool
@@ -181,7 +181,7 @@ func newSimWorld(t testing.TB, nodes, brokers, metricsEvery int, sticky bool) *s
 	for i := range brokers {
 		s := newState(stateConfig{weight: simWeight, sticky: sticky, tolerance: 10, self: fmt.Sprintf("b%d", i)})
 		for j := range brokers {
-			s.SetBrokerOnline(fmt.Sprintf("b%d", j), true)
+			s.setBrokerOnline(fmt.Sprintf("b%d", j), true)
 		}
 		for _, g := range simGateways {
 			online(s, g.name, map[string]int{"d": 0})
@@ -205,7 +205,7 @@ func (w *simWorld) index(name string) int {
 func (w *simWorld) request(t testing.TB, node int, key string) bool {
 	s := w.brokers[w.next%len(w.brokers)]
 	w.next++
-	c, err := s.Choose("d", key)
+	c, err := s.choose("d", key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func (w *simWorld) report() {
 	for _, s := range w.brokers {
 		for i, g := range simGateways {
 			if w.online[i] {
-				s.SetConnectedPeers(g.name, "d", w.count[i])
+				s.setConnectedPeers(g.name, "d", w.count[i])
 			}
 		}
 	}
@@ -241,7 +241,7 @@ func (w *simWorld) report() {
 func (w *simWorld) leave(i int) (orphans []int) {
 	w.online[i] = false
 	for _, s := range w.brokers {
-		s.SetOnline(simGateways[i].name, false)
+		s.setOnline(simGateways[i].name, false)
 	}
 	for n, at := range w.at {
 		if at == i {
@@ -257,8 +257,8 @@ func (w *simWorld) leave(i int) (orphans []int) {
 func (w *simWorld) join(i int) {
 	w.online[i] = true
 	for _, s := range w.brokers {
-		s.SetOnline(simGateways[i].name, true)
-		s.SetConnectedPeers(simGateways[i].name, "d", 0)
+		s.setOnline(simGateways[i].name, true)
+		s.setConnectedPeers(simGateways[i].name, "d", 0)
 	}
 }
 
@@ -400,7 +400,7 @@ func BenchmarkChoose(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				if _, err := s.Choose("d", keys[i%len(keys)]); err != nil {
+				if _, err := s.choose("d", keys[i%len(keys)]); err != nil {
 					b.Fatal(err)
 				}
 				i++

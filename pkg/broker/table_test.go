@@ -12,31 +12,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freifunkMUC/wgkex/internal/fakeclock"
 	"github.com/freifunkMUC/wgkex/internal/promtest"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)) }
 
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func names(s *State) map[string]bool {
+func names(s *state) map[string]bool {
 	out := map[string]bool{}
-	for _, w := range s.Snapshot() {
+	for _, w := range s.snapshot() {
 		out[w.Name] = true
 	}
 	return out
@@ -47,16 +31,16 @@ func TestExpiry(t *testing.T) {
 	s := newState(stateConfig{now: clock.Now, expiry: 10 * time.Minute, listed: []string{"GW-Listed"}})
 	online(s, "usable", map[string]int{"d": 1})    // online with data: kept however silent
 	online(s, "gw-listed", map[string]int{"d": 1}) // listed: always kept
-	s.SetOnline("gw-listed", false)
-	s.SetOnline("offline", false)
-	s.SetOnline("dataless", true)
-	s.SetConnectedPeers("dataless", "d", 0)
+	s.setOnline("gw-listed", false)
+	s.setOnline("offline", false)
+	s.setOnline("dataless", true)
+	s.setConnectedPeers("dataless", "d", 0)
 
 	clock.Advance(10*time.Minute - time.Second)
 	if got := names(s); len(got) != 4 {
 		t.Fatalf("evicted before the expiry: %v", got)
 	}
-	s.SetOnline("refreshed", false) // heard just before the others expire
+	s.setOnline("refreshed", false) // heard just before the others expire
 	clock.Advance(time.Second)
 	got := names(s)
 	if got["offline"] || got["dataless"] {
@@ -70,7 +54,7 @@ func TestExpiry(t *testing.T) {
 	}
 	// A forgotten worker that comes back starts afresh.
 	online(s, "offline", map[string]int{"d": 5})
-	if c, err := s.Choose("d", testKey); err != nil || c.Worker == "" {
+	if c, err := s.choose("d", testKey); err != nil || c.Worker == "" {
 		t.Fatalf("returning worker: %+v %v", c, err)
 	}
 }
@@ -85,16 +69,16 @@ func TestFloodOfMadeUpNames(t *testing.T) {
 			online(s, "gw04", map[string]int{"d": 10})
 			for i := range 5000 {
 				name := fmt.Sprintf("fake%04d", i)
-				s.SetOnline(name, true)
-				s.SetConnectedPeers(name, "d", 0)
+				s.setOnline(name, true)
+				s.setConnectedPeers(name, "d", 0)
 			}
 			// The second listed gateway comes after the flood (a restart with
 			// retained junk on the bus delivers it in any order).
-			if err := s.SetOnline("GW05", true); err != nil {
+			if err := s.setOnline("GW05", true); err != nil {
 				t.Fatalf("listed worker refused after the flood: %v", err)
 			}
-			s.SetConnectedPeers("GW05", "d", 12)
-			s.SetData("GW05", "d", data(40005))
+			s.setConnectedPeers("GW05", "d", 12)
+			s.setData("GW05", "d", data(40005))
 
 			st := s.stats()
 			if st.entries-st.unlisted != 2 {
@@ -108,7 +92,7 @@ func TestFloodOfMadeUpNames(t *testing.T) {
 				t.Errorf("stats %+v, want %d unlisted and %d ignored", st, wantUnlisted, wantIgnored)
 			}
 			for range 3 {
-				c, err := s.Choose("d", testKey)
+				c, err := s.choose("d", testKey)
 				if err != nil || (c.Worker != "gw04" && c.Worker != "GW05") {
 					t.Fatalf("v2 chose %q, %v", c.Worker, err)
 				}
@@ -118,12 +102,12 @@ func TestFloodOfMadeUpNames(t *testing.T) {
 			}
 			// The fakes never sent data: once silent for the expiry they make
 			// room for a real new gateway.
-			if err := s.SetOnline("newgw", true); !errors.Is(err, ErrTooManyWorkers) {
+			if err := s.setOnline("newgw", true); !errors.Is(err, errTooManyWorkers) {
 				t.Fatalf("full table took a new name: %v", err)
 			}
-			clock.Advance(DefaultWorkerExpiry)
+			clock.Advance(defaultWorkerExpiry)
 			online(s, "gw04", map[string]int{"d": 10}) // the real ones keep talking
-			if err := s.SetOnline("newgw", true); err != nil {
+			if err := s.setOnline("newgw", true); err != nil {
 				t.Fatalf("new gateway refused once the fakes expired: %v", err)
 			}
 			if got := s.stats(); got.unlisted != 1 || got.evicted != uint64(maxUnlisted) {
@@ -138,15 +122,15 @@ func TestFloodOfMadeUpNames(t *testing.T) {
 func TestNamesCaseInsensitive(t *testing.T) {
 	s := newState(stateConfig{listed: []string{"gw04"}, budget: 1})
 	for _, n := range []string{"gw04", "GW04", "Gw04", "gW04"} {
-		if err := s.SetOnline(n, true); err != nil {
+		if err := s.setOnline(n, true); err != nil {
 			t.Fatalf("%s: %v", n, err)
 		}
 	}
-	s.SetOnline("other", true)
-	if err := s.SetOnline("OTHER", true); err != nil {
+	s.setOnline("other", true)
+	if err := s.setOnline("OTHER", true); err != nil {
 		t.Fatalf("same unlisted name, other case: %v", err)
 	}
-	snap := s.Snapshot()
+	snap := s.snapshot()
 	if len(snap) != 2 || snap[0].Name != "gw04" || snap[1].Name != "other" {
 		t.Fatalf("snapshot %+v", snap)
 	}
@@ -154,14 +138,14 @@ func TestNamesCaseInsensitive(t *testing.T) {
 
 func TestKnownWorkersOnly(t *testing.T) {
 	s := newState(stateConfig{listed: []string{"gw04"}, knownOnly: true})
-	if err := s.SetOnline("intruder", true); !errors.Is(err, ErrUnlistedWorker) {
+	if err := s.setOnline("intruder", true); !errors.Is(err, errUnlistedWorker) {
 		t.Fatalf("err = %v", err)
 	}
-	if err := s.SetData("intruder", "d", data(1)); !errors.Is(err, ErrUnlistedWorker) {
+	if err := s.setData("intruder", "d", data(1)); !errors.Is(err, errUnlistedWorker) {
 		t.Fatalf("err = %v", err)
 	}
 	online(s, "gw04", map[string]int{"d": 0})
-	if snap := s.Snapshot(); len(snap) != 1 || snap[0].Name != "gw04" {
+	if snap := s.snapshot(); len(snap) != 1 || snap[0].Name != "gw04" {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	if st := s.stats(); st.ignoredUnlisted != 2 {
@@ -174,18 +158,18 @@ func TestKnownWorkersOnly(t *testing.T) {
 func TestWorkerWithoutDataSkipped(t *testing.T) {
 	s := newState(stateConfig{})
 	online(s, "busy", map[string]int{"d": 100})
-	s.SetOnline("nodata", true) // fewest peers: it would win
-	s.SetConnectedPeers("nodata", "d", 0)
+	s.setOnline("nodata", true) // fewest peers: it would win
+	s.setConnectedPeers("nodata", "d", 0)
 	for range 5 {
-		c, err := s.Choose("d", testKey)
+		c, err := s.choose("d", testKey)
 		if err != nil || c.Worker != "busy" {
 			t.Fatalf("Choose = %q, %v; want busy", c.Worker, err)
 		}
 	}
-	if w, _ := s.Best("d"); w != "busy" {
+	if w, _ := s.best("d"); w != "busy" {
 		t.Errorf("Best = %q", w)
 	}
-	if got := s.Snapshot()[1].Peers["d"]; got != 0 {
+	if got := s.snapshot()[1].Peers["d"]; got != 0 {
 		t.Errorf("the skipped worker was counted: %d", got)
 	}
 }
@@ -193,15 +177,15 @@ func TestWorkerWithoutDataSkipped(t *testing.T) {
 func TestCountersSaturate(t *testing.T) {
 	s := newState(stateConfig{weight: weights(map[string]int{"w2": math.MaxInt})})
 	online(s, "w1", map[string]int{"d": math.MaxInt, "e": math.MaxInt})
-	if c, err := s.Choose("d", testKey); err != nil || c.Worker != "w1" {
+	if c, err := s.choose("d", testKey); err != nil || c.Worker != "w1" {
 		t.Fatalf("Choose = %q, %v", c.Worker, err)
 	}
-	if got := s.Snapshot()[0].Peers["d"]; got != math.MaxInt {
+	if got := s.snapshot()[0].Peers["d"]; got != math.MaxInt {
 		t.Fatalf("connected_peers after +1 = %d, want MaxInt", got)
 	}
 	online(s, "w2", map[string]int{"d": 0})
 	for range 3 {
-		if c, err := s.Choose("d", testKey); err != nil || c.Worker != "w2" {
+		if c, err := s.choose("d", testKey); err != nil || c.Worker != "w2" {
 			t.Fatalf("Choose = %q, %v; want w2 (fewest peers, largest weight)", c.Worker, err)
 		}
 	}

@@ -26,31 +26,6 @@ import (
 // gateway peer.
 const keepaliveInterval = 25 * time.Second
 
-// links is the part of rtnetlink (kernel.Conn) a node uses.
-type links interface {
-	LinkIndex(name string) (int, error)
-	AddAddr(index int, p netip.Prefix) error
-	SetUp(index int) error
-	ReplaceRoute(dev int, dst netip.Prefix) error
-	CreateVXLAN(v kernel.VXLAN) error
-	DeleteLink(name string) error
-}
-
-// wireGuard is the part of wgctrl a node uses.
-type wireGuard interface {
-	Device(name string) (*wgtypes.Device, error)
-	ConfigureDevice(name string, cfg wgtypes.Config) error
-}
-
-// device is a userspace WireGuard device running in this process
-// (wgdevice.Device).
-type device interface {
-	// Done is closed when the device stopped, also when its interface was
-	// removed from outside.
-	Done() <-chan struct{}
-	Close()
-}
-
 // ticker is a time.Ticker.
 type ticker interface {
 	C() <-chan time.Time
@@ -65,11 +40,9 @@ func (r realTicker) Stop()               { r.t.Stop() }
 // system is everything outside this package a node touches, so that tests
 // can replace it with fakes.
 type system struct {
-	links links
-	wg    wireGuard
-	// newDevice makes the WireGuard interface name (wgdevice.Create) and
-	// returns the userspace device, or nil for kernel WireGuard.
-	newDevice func(name string, forceUserspace bool, log *slog.Logger) (device, error)
+	links     wgdevice.Links
+	wg        wgdevice.WireGuard
+	newDevice wgdevice.Maker
 	push      func(ctx context.Context, o PushOptions) (*Result, error)
 	// ping checks that addr answers through iface, until ctx ends.
 	ping      func(ctx context.Context, addr netip.Addr, iface string) error
@@ -78,17 +51,11 @@ type system struct {
 
 // realSystem is the machine behind the kernel handles k and wg, the
 // broker over HTTP and the wall clock.
-func realSystem(k *kernel.Conn, wg wireGuard) system {
+func realSystem(k *kernel.Conn, wg wgdevice.WireGuard) system {
 	return system{
-		links: k,
-		wg:    wg,
-		newDevice: func(name string, forceUserspace bool, log *slog.Logger) (device, error) {
-			d, err := wgdevice.Create(k, name, forceUserspace, log)
-			if d == nil {
-				return nil, err // no typed nil in the interface
-			}
-			return d, err
-		},
+		links:     k,
+		wg:        wg,
+		newDevice: wgdevice.Creator(k),
 		push:      Push,
 		ping:      ping,
 		newTicker: func(d time.Duration) ticker { return realTicker{time.NewTicker(d)} },
@@ -179,7 +146,7 @@ type link struct {
 	o         ConnectOptions
 	publicKey wgtypes.Key
 	ownLL     netip.Addr
-	device    device // nil with kernel WireGuard
+	device    wgdevice.Running // nil with kernel WireGuard
 
 	// From the last registration:
 	endpoint  wgkex.Endpoint
@@ -367,7 +334,7 @@ func Disconnect(k *kernel.Conn, wgIface, vxIface string) error {
 	return disconnect(k, wgIface, vxIface)
 }
 
-func disconnect(k links, wgIface, vxIface string) error {
+func disconnect(k wgdevice.Links, wgIface, vxIface string) error {
 	return errors.Join(k.DeleteLink(vxIface), k.DeleteLink(wgIface))
 }
 

@@ -12,6 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/freifunkMUC/wgkex/internal/await"
+	"github.com/freifunkMUC/wgkex/internal/fakekernel"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -67,10 +71,10 @@ func TestRunKernelReturns(t *testing.T) {
 	o.VXLANID = 8911352
 	done := make(chan error, 1)
 	go func() { done <- run(context.Background(), f.system(), o) }()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), append([]string{
+	fakekernel.Diff(t, f.Transcript(), append([]string{
 		"wireguard add wg-mesh (kernel)",
 		"wg set wg-mesh private-key key1",
 		"push http://broker ffmuc_welt pub1 (v2)",
@@ -101,7 +105,7 @@ func TestWatchTranscript(t *testing.T) {
 		f.tick(t)
 	}
 	cancel()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "run"); err != nil {
 		t.Fatal(err)
 	}
 	pingA, pingB := "ping "+ll(7)+"%wg-mesh", "ping "+ll(8)+"%wg-mesh"
@@ -122,7 +126,7 @@ func TestWatchTranscript(t *testing.T) {
 	want = append(want,
 		pingB+" -> ok",
 		"ticker stopped") // kernel WireGuard: the interfaces stay
-	diff(t, f.transcript(), want)
+	fakekernel.Diff(t, f.Transcript(), want)
 	if n := strings.Count(out.String(), "connected: "); n != 1 {
 		t.Errorf("%d connected lines, want 1:\n%s", n, out.String())
 	}
@@ -133,20 +137,18 @@ func TestWatchTranscript(t *testing.T) {
 // removes the rest and returns.
 func TestRunUserspaceRemovedFromOutside(t *testing.T) {
 	f := newFakeOS()
-	f.noKernelWG = true
+	f.NoKernelWG = true
 	f.answers = []pushAnswer{{ep: gwA}}
-	events := make(logEvents, 100)
+	events := make(await.Log, 100)
 	done := make(chan error, 1)
 	go func() { done <- run(context.Background(), f.system(), options(t, nil, slog.New(events))) }()
-	events.await(t, "userspace WireGuard running")
-	f.mu.Lock()
-	dev := f.userspace["wg-mesh"]
-	f.mu.Unlock()
-	dev.removeFromOutside()
-	if err := returned(t, done); err != nil {
+	events.Await(t, "userspace WireGuard running")
+	dev := f.Userspace("wg-mesh")
+	dev.RemoveFromOutside()
+	if err := await.Returned(t, done, "run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), append(connected("userspace"),
+	fakekernel.Diff(t, f.Transcript(), append(connected("userspace"),
 		"(outside) link del wg-mesh",
 		"link del vx-mesh", "link del wg-mesh", "userspace wg-mesh closed"))
 }
@@ -163,10 +165,10 @@ func TestRunUserspaceWatchStopped(t *testing.T) {
 	go func() { done <- run(ctx, f.system(), o) }()
 	f.awaitIdle(t)
 	cancel()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), append(connected("userspace"), "ticker every 1m0s",
+	fakekernel.Diff(t, f.Transcript(), append(connected("userspace"), "ticker every 1m0s",
 		"ticker stopped", "link del vx-mesh", "link del wg-mesh", "userspace wg-mesh closed"))
 }
 
@@ -205,10 +207,9 @@ func TestConnectFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeOS()
-			f.answers, f.failOn = []pushAnswer{tc.answer}, tc.failOn
+			f.answers, f.FailOn = []pushAnswer{tc.answer}, tc.failOn
 			if tc.existing {
-				f.addLink("wg-mesh")
-				f.wg["wg-mesh"] = true
+				f.AddWireGuard(wgtypes.Device{Name: "wg-mesh"})
 			}
 			var out bytes.Buffer
 			o := options(t, &out, quiet())
@@ -217,7 +218,7 @@ func TestConnectFailures(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("err = %v, want %q", err, tc.wantErr)
 			}
-			diff(t, f.transcript(), tc.want)
+			fakekernel.Diff(t, f.Transcript(), tc.want)
 			if out.Len() != 0 {
 				t.Errorf("printed %q", out.String())
 			}
@@ -230,13 +231,13 @@ func TestDisconnect(t *testing.T) {
 	if err := disconnect(f, "wg-mesh", "vx-mesh"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{"link del vx-mesh", "link del wg-mesh"})
+	fakekernel.Diff(t, f.Transcript(), []string{"link del vx-mesh", "link del wg-mesh"})
 	f = newFakeOS()
-	f.failOn = "link del vx-mesh"
+	f.FailOn = "link del vx-mesh"
 	if err := disconnect(f, "wg-mesh", "vx-mesh"); err == nil {
 		t.Fatal("failure not reported")
 	}
-	diff(t, f.transcript(), []string{"link del vx-mesh -> FAIL", "link del wg-mesh"})
+	fakekernel.Diff(t, f.Transcript(), []string{"link del vx-mesh -> FAIL", "link del wg-mesh"})
 }
 
 func TestLoadOrCreateKey(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/freifunkMUC/wgkex/internal/text"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -120,7 +121,7 @@ func pushOnce(ctx context.Context, hc *http.Client, o PushOptions, api string, b
 		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
 			msg = e.Error.Message
 		}
-		return nil, &httpError{Status: resp.StatusCode, Message: truncate(msg, 300)}
+		return nil, &httpError{Status: resp.StatusCode, Message: text.Truncate(msg, 300)}
 	}
 	res, err := parseAnswer(api, raw)
 	if err != nil {
@@ -144,7 +145,7 @@ func parseAnswer(api string, raw []byte) (*Result, error) {
 	res := &Result{API: api, Endpoint: reply.Endpoint, Message: reply.Message, Raw: raw}
 	if api == "v1" || reply.Endpoint == nil {
 		if reply.Message != "OK" {
-			return nil, fmt.Errorf("neither a gateway (Endpoint) nor \"Message\": \"OK\" in %s", truncate(string(raw), 200))
+			return nil, fmt.Errorf("neither a gateway (Endpoint) nor \"Message\": \"OK\" in %s", text.Truncate(string(raw), 200))
 		}
 		res.API, res.Endpoint = "v1", nil
 		return res, nil
@@ -166,14 +167,7 @@ func validEndpoint(e *wgkex.Endpoint) error {
 	case len(e.AllowedIPs) == 0 || e.AllowedIPs[0] == "":
 		return errors.New("Endpoint.AllowedIPs is empty")
 	case !wgkex.ValidKey(e.PublicKey):
-		return fmt.Errorf("Endpoint.PublicKey %q is not a WireGuard key", truncate(e.PublicKey, 64))
+		return fmt.Errorf("Endpoint.PublicKey %q is not a WireGuard key", text.Truncate(e.PublicKey, 64))
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -10,7 +10,7 @@ func TestBrokerNameAndSelectionDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := cfg.Broker; b.Name != "" || b.Selection != SelectionLeastLoaded || b.StickyTolerance != DefaultStickyTolerance {
+	if b := cfg.Broker; b.Name != "" || b.Selection != selectionLeastLoaded || b.StickyTolerance != defaultStickyTolerance {
 		t.Errorf("defaults: name %q, selection %q, tolerance %v", b.Name, b.Selection, b.StickyTolerance)
 	}
 }

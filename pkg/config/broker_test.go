@@ -32,13 +32,13 @@ func TestBrokerDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := cfg.Broker
-	if b.KnownWorkersOnly || b.WorkerExpiry != DefaultWorkerExpiry || b.BlocklistFile != "" || b.AllowlistFile != "" {
+	if b.KnownWorkersOnly || b.WorkerExpiry != defaultWorkerExpiry || b.BlocklistFile != "" || b.AllowlistFile != "" {
 		t.Errorf("broker defaults %+v", b)
 	}
 	if r := b.RateLimit; r.PerClient != 1 || r.PerClientBurst != 60 || r.Global != 2000 || r.GlobalBurst != 20000 || r.MaxClients != 100000 {
 		t.Errorf("rate limit defaults %+v", r)
 	}
-	if cfg.BrokerListen.MaxConnections != DefaultMaxConnections || len(cfg.BrokerListen.TrustedProxies) != 0 {
+	if cfg.BrokerListen.MaxConnections != defaultMaxConnections || len(cfg.BrokerListen.TrustedProxies) != 0 {
 		t.Errorf("listen defaults %+v", cfg.BrokerListen)
 	}
 	// Listing workers turns known_workers_only on, unless it is set.

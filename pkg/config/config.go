@@ -25,28 +25,28 @@ const DefaultFile = "/etc/wgkex.yaml"
 
 // Defaults of the keys that have one.
 const (
-	DefaultMQTTPort        = 1883
-	DefaultKeepalive       = 5 // seconds
-	DefaultListenHost      = "127.0.0.1"
-	DefaultListenPort      = 5000
-	DefaultEmbeddedListen  = "127.0.0.1:1883"
-	DefaultMetricsInterval = 60 * time.Second
-	DefaultCleanupInterval = time.Hour
-	DefaultPeerTimeout     = 3 * time.Hour
-	DefaultNewPeerGrace    = 10 * time.Minute
-	DefaultReceiveMaximum  = 16384
-	DefaultStateDir        = "/var/lib/wgkex"
+	defaultMQTTPort        = 1883
+	defaultKeepalive       = 5 // seconds
+	defaultListenHost      = "127.0.0.1"
+	defaultListenPort      = 5000
+	defaultEmbeddedListen  = "127.0.0.1:1883"
+	defaultMetricsInterval = 60 * time.Second
+	defaultCleanupInterval = time.Hour
+	defaultPeerTimeout     = 3 * time.Hour
+	defaultNewPeerGrace    = 10 * time.Minute
+	defaultReceiveMaximum  = 16384
+	defaultStateDir        = "/var/lib/wgkex"
 	DefaultClientBroker    = "http://127.0.0.1:5000"
-	DefaultMaxConnections  = 4096
-	DefaultWorkerExpiry    = 10 * time.Minute
-	DefaultStickyTolerance = 10.0 // percent
+	defaultMaxConnections  = 4096
+	defaultWorkerExpiry    = 10 * time.Minute
+	defaultStickyTolerance = 10.0 // percent
 )
 
 // Gateway selection rules of the broker (broker.selection).
 const (
-	// SelectionLeastLoaded hands out the candidate furthest below its
+	// selectionLeastLoaded hands out the candidate furthest below its
 	// weighted share (docs/protocol.md §4), the original's rule.
-	SelectionLeastLoaded = "least_loaded"
+	selectionLeastLoaded = "least_loaded"
 	// SelectionSticky gives a node the same gateway on every request while
 	// that gateway is online and within broker.sticky_tolerance of its share.
 	SelectionSticky = "sticky"
@@ -56,11 +56,11 @@ const (
 // address may register 60 keys at once and one a second after that; the
 // whole broker 20,000 at once and 2,000 a second.
 const (
-	DefaultRatePerClient      = 1.0
-	DefaultRatePerClientBurst = 60
-	DefaultRateGlobal         = 2000.0
-	DefaultRateGlobalBurst    = 20000
-	DefaultRateMaxClients     = 100000
+	defaultRatePerClient      = 1.0
+	defaultRatePerClientBurst = 60
+	defaultRateGlobal         = 2000.0
+	defaultRateGlobalBurst    = 20000
+	defaultRateMaxClients     = 100000
 )
 
 // Config is the whole typed configuration.
@@ -128,7 +128,7 @@ type Broker struct {
 	// Name is the broker's name on the bus (wireguard-broker/<name>/status);
 	// "" means the host name.
 	Name string
-	// Selection is SelectionLeastLoaded (also "") or SelectionSticky.
+	// Selection is "least_loaded" (also "") or SelectionSticky.
 	Selection string
 	// StickyTolerance (percent) is how far above its weighted share a
 	// gateway may be and still keep getting its sticky nodes.
@@ -169,7 +169,7 @@ type Worker struct {
 	MetricsListen   string
 	// ReceiveMaximum is how many key messages the MQTT server may send
 	// ahead of the worker's acknowledgements (1-65535; Load fills in
-	// DefaultReceiveMaximum).
+	// 16384).
 	ReceiveMaximum int
 	// StateDir holds the journal of keys acknowledged but not installed yet.
 	StateDir string
@@ -421,49 +421,49 @@ func Load(file string) (*Config, error) {
 	cfg.Workers = p.workers()
 	cfg.MQTT = MQTT{
 		BrokerURLs:   p.list("mqtt::broker_url"),
-		Port:         p.integer("mqtt::broker_port", DefaultMQTTPort),
+		Port:         p.integer("mqtt::broker_port", defaultMQTTPort),
 		Username:     p.str("mqtt::username"),
 		Password:     p.str("mqtt::password"),
-		Keepalive:    p.integer("mqtt::keepalive", DefaultKeepalive),
+		Keepalive:    p.integer("mqtt::keepalive", defaultKeepalive),
 		TLS:          p.boolean("mqtt::tls"),
 		CAFile:       p.str("mqtt::ca_file"),
 		CertFile:     p.str("mqtt::cert_file"),
 		KeyFile:      p.str("mqtt::key_file"),
-		Listen:       p.strOr("mqtt::listen", DefaultEmbeddedListen),
+		Listen:       p.strOr("mqtt::listen", defaultEmbeddedListen),
 		Store:        p.str("mqtt::store"),
 		PasswordFile: p.str("mqtt::password_file"),
 	}
 	cfg.BrokerListen = Listen{
-		Host:           p.strOr("broker_listen::host", DefaultListenHost),
-		Port:           p.integer("broker_listen::port", DefaultListenPort),
-		MaxConnections: p.integer("broker_listen::max_connections", DefaultMaxConnections),
+		Host:           p.strOr("broker_listen::host", defaultListenHost),
+		Port:           p.integer("broker_listen::port", defaultListenPort),
+		MaxConnections: p.integer("broker_listen::max_connections", defaultMaxConnections),
 		TrustedProxies: p.list("broker_listen::trusted_proxies"),
 	}
 	cfg.Broker = Broker{
 		Name:             p.str("broker::name"),
-		Selection:        strings.ToLower(p.strOr("broker::selection", SelectionLeastLoaded)),
-		StickyTolerance:  p.float("broker::sticky_tolerance", DefaultStickyTolerance),
+		Selection:        strings.ToLower(p.strOr("broker::selection", selectionLeastLoaded)),
+		StickyTolerance:  p.float("broker::sticky_tolerance", defaultStickyTolerance),
 		KnownWorkersOnly: p.booleanOr("broker::known_workers_only", len(cfg.Workers) > 0),
-		WorkerExpiry:     p.duration("broker::worker_expiry", DefaultWorkerExpiry),
+		WorkerExpiry:     p.duration("broker::worker_expiry", defaultWorkerExpiry),
 		BlocklistFile:    p.str("broker::blocklist_file"),
 		AllowlistFile:    p.str("broker::allowlist_file"),
 		RateLimit: RateLimit{
-			PerClient:      p.float("broker::rate_limit::per_client", DefaultRatePerClient),
-			PerClientBurst: p.integer("broker::rate_limit::per_client_burst", DefaultRatePerClientBurst),
-			Global:         p.float("broker::rate_limit::global", DefaultRateGlobal),
-			GlobalBurst:    p.integer("broker::rate_limit::global_burst", DefaultRateGlobalBurst),
-			MaxClients:     p.integer("broker::rate_limit::max_clients", DefaultRateMaxClients),
+			PerClient:      p.float("broker::rate_limit::per_client", defaultRatePerClient),
+			PerClientBurst: p.integer("broker::rate_limit::per_client_burst", defaultRatePerClientBurst),
+			Global:         p.float("broker::rate_limit::global", defaultRateGlobal),
+			GlobalBurst:    p.integer("broker::rate_limit::global_burst", defaultRateGlobalBurst),
+			MaxClients:     p.integer("broker::rate_limit::max_clients", defaultRateMaxClients),
 		},
 	}
 	cfg.Worker = Worker{
 		Name:            p.str("worker::name"),
-		MetricsInterval: p.duration("worker::metrics_interval", DefaultMetricsInterval),
-		CleanupInterval: p.duration("worker::cleanup_interval", DefaultCleanupInterval),
-		PeerTimeout:     p.duration("worker::peer_timeout", DefaultPeerTimeout),
-		NewPeerGrace:    p.duration("worker::new_peer_grace", DefaultNewPeerGrace),
+		MetricsInterval: p.duration("worker::metrics_interval", defaultMetricsInterval),
+		CleanupInterval: p.duration("worker::cleanup_interval", defaultCleanupInterval),
+		PeerTimeout:     p.duration("worker::peer_timeout", defaultPeerTimeout),
+		NewPeerGrace:    p.duration("worker::new_peer_grace", defaultNewPeerGrace),
 		MetricsListen:   p.str("worker::metrics_listen"),
-		ReceiveMaximum:  p.integer("worker::receive_maximum", DefaultReceiveMaximum),
-		StateDir:        p.strOr("worker::state_dir", DefaultStateDir),
+		ReceiveMaximum:  p.integer("worker::receive_maximum", defaultReceiveMaximum),
+		StateDir:        p.strOr("worker::state_dir", defaultStateDir),
 	}
 	cfg.Client = Client{BrokerURL: p.strOr("client::broker_url", DefaultClientBroker)}
 

@@ -242,9 +242,9 @@ func (c *Config) checkBroker(ps *problems) {
 		ps.add("broker.name", "%q cannot stand in an MQTT topic (1-253 bytes, no '/', '+', '#' or control characters)", b.Name)
 	}
 	switch b.Selection {
-	case "", SelectionLeastLoaded, SelectionSticky: // "": a Config not from Load, least_loaded
+	case "", selectionLeastLoaded, SelectionSticky: // "": a Config not from Load, least_loaded
 	default:
-		ps.add("broker.selection", "want %s or %s, got %q", SelectionLeastLoaded, SelectionSticky, b.Selection)
+		ps.add("broker.selection", "want %s or %s, got %q", selectionLeastLoaded, SelectionSticky, b.Selection)
 	}
 	if b.StickyTolerance < 0 || math.IsNaN(b.StickyTolerance) || math.IsInf(b.StickyTolerance, 0) {
 		ps.add("broker.sticky_tolerance", "want a percentage of 0 or more, got %v", b.StickyTolerance)
@@ -314,7 +314,7 @@ func (c *Config) checkWorker(ps *problems) {
 		}
 	}
 	if w.ReceiveMaximum < 0 || w.ReceiveMaximum > 65535 {
-		ps.add("worker.receive_maximum", "must be 1-65535 (0: the default, %d), got %d", DefaultReceiveMaximum, w.ReceiveMaximum)
+		ps.add("worker.receive_maximum", "must be 1-65535 (0: the default, %d), got %d", defaultReceiveMaximum, w.ReceiveMaximum)
 	}
 	if w.StateDir != "" && !filepath.IsAbs(w.StateDir) {
 		ps.add("worker.state_dir", "want an absolute path, got %q", w.StateDir)
@@ -340,16 +340,6 @@ func (c *Config) Interfaces() map[string]wgkex.Interfaces {
 		}
 	}
 	return out
-}
-
-// HasDomain reports whether domain is configured.
-func (c *Config) HasDomain(domain string) bool {
-	for _, d := range c.Domains {
-		if d == domain {
-			return true
-		}
-	}
-	return false
 }
 
 func validPort(s string) bool {

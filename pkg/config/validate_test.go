@@ -224,9 +224,9 @@ func TestExternalAddress(t *testing.T) {
 func validConfig() *Config {
 	return &Config{
 		Domains: []string{"ffmuc_welt"}, DomainPrefixes: []string{"ffmuc_"}, Workers: map[string]int{"gw04": 1},
-		MQTT:         MQTT{Port: 1883, Keepalive: 5, Listen: DefaultEmbeddedListen},
-		BrokerListen: Listen{Host: DefaultListenHost, Port: DefaultListenPort},
-		Worker: Worker{MetricsInterval: DefaultMetricsInterval, CleanupInterval: DefaultCleanupInterval,
-			PeerTimeout: DefaultPeerTimeout, NewPeerGrace: DefaultNewPeerGrace},
+		MQTT:         MQTT{Port: 1883, Keepalive: 5, Listen: defaultEmbeddedListen},
+		BrokerListen: Listen{Host: defaultListenHost, Port: defaultListenPort},
+		Worker: Worker{MetricsInterval: defaultMetricsInterval, CleanupInterval: defaultCleanupInterval,
+			PeerTimeout: defaultPeerTimeout, NewPeerGrace: defaultNewPeerGrace},
 	}
 }

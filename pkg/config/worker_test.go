@@ -12,7 +12,7 @@ func TestWorkerAcknowledgementKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Worker.ReceiveMaximum != DefaultReceiveMaximum || cfg.Worker.StateDir != "/var/lib/wgkex" {
+	if cfg.Worker.ReceiveMaximum != defaultReceiveMaximum || cfg.Worker.StateDir != "/var/lib/wgkex" {
 		t.Errorf("defaults: receive_maximum %d, state_dir %q", cfg.Worker.ReceiveMaximum, cfg.Worker.StateDir)
 	}
 

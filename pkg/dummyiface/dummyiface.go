@@ -28,37 +28,11 @@ import (
 // gatewayAddress is the address on vx-X that nodes ping.
 var gatewayAddress = netip.MustParsePrefix("fe80::1/64")
 
-// links is the part of rtnetlink (kernel.Conn) that building a gateway uses.
-type links interface {
-	LinkIndex(name string) (int, error)
-	AddAddr(index int, p netip.Prefix) error
-	SetUp(index int) error
-	CreateVXLAN(v kernel.VXLAN) error
-	DeleteLink(name string) error
-}
-
-// wireGuard is the part of wgctrl that building a gateway uses.
-type wireGuard interface {
-	Device(name string) (*wgtypes.Device, error)
-	ConfigureDevice(name string, cfg wgtypes.Config) error
-}
-
-// device is a userspace WireGuard device running in this process
-// (wgdevice.Device).
-type device interface {
-	// Done is closed when the device stopped, also when its interface was
-	// removed from outside.
-	Done() <-chan struct{}
-	Close()
-}
-
 // system is the machine as this package sees it.
 type system struct {
-	links links
-	wg    wireGuard
-	// newDevice makes the WireGuard interface name (wgdevice.Create) and
-	// returns the userspace device, or nil for kernel WireGuard.
-	newDevice func(name string, forceUserspace bool, log *slog.Logger) (device, error)
+	links     wgdevice.Links
+	wg        wgdevice.WireGuard
+	newDevice wgdevice.Maker
 	newKey    func() (wgtypes.Key, error)
 	// serveLiveness starts answering Gluon's liveness check on
 	// [addr%iface]:80; stop stops it.
@@ -66,18 +40,12 @@ type system struct {
 }
 
 // realSystem is the machine behind the kernel handles k and wg.
-func realSystem(k *kernel.Conn, wg wireGuard) system {
+func realSystem(k *kernel.Conn, wg wgdevice.WireGuard) system {
 	return system{
-		links: k,
-		wg:    wg,
-		newDevice: func(name string, forceUserspace bool, log *slog.Logger) (device, error) {
-			d, err := wgdevice.Create(k, name, forceUserspace, log)
-			if d == nil {
-				return nil, err // no typed nil in the interface
-			}
-			return d, err
-		},
-		newKey: wgtypes.GeneratePrivateKey,
+		links:     k,
+		wg:        wg,
+		newDevice: wgdevice.Creator(k),
+		newKey:    wgtypes.GeneratePrivateKey,
 		serveLiveness: func(addr netip.Addr, iface string, log *slog.Logger) (func(), error) {
 			s, err := serveLiveness(addr, iface, log)
 			if err != nil {
@@ -115,7 +83,7 @@ type Gateway struct {
 	// existed is true when wg-X was there already (nothing made).
 	existed bool
 	// device is the in-process WireGuard device, nil for kernel WireGuard.
-	device device
+	device wgdevice.Running
 	// stopLiveness stops the server of Options.LivenessHTTP, nil without.
 	stopLiveness func()
 }
@@ -233,7 +201,7 @@ func (g *Gateway) mode() string {
 // when the interfaces existed).
 func (g *Gateway) Close(k *kernel.Conn) error { return g.close(k) }
 
-func (g *Gateway) close(k links) error {
+func (g *Gateway) close(k wgdevice.Links) error {
 	if g.stopLiveness != nil {
 		g.stopLiveness()
 		g.stopLiveness = nil
@@ -246,7 +214,7 @@ func (g *Gateway) close(k links) error {
 
 // deleteInterfaces removes a domain's interfaces: vx-X, then wg-X (and
 // the userspace device behind it, when there is one).
-func deleteInterfaces(k links, ifs wgkex.Interfaces, userspace device) error {
+func deleteInterfaces(k wgdevice.Links, ifs wgkex.Interfaces, userspace wgdevice.Running) error {
 	err := k.DeleteLink(ifs.VXLAN)
 	if userspace != nil {
 		userspace.Close() // closing the TUN removes the link

@@ -8,10 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/freifunkMUC/wgkex/internal/await"
+	"github.com/freifunkMUC/wgkex/internal/fakekernel"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -43,18 +44,18 @@ func TestCreateTranscript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), made("kernel", "99"))
+	fakekernel.Diff(t, f.Transcript(), made("kernel", "99"))
 	if gw.PublicKey != pub(1) || gw.LinkAddress.String() != ll(1) || gw.listenPort != 51820 || gw.vxlanID != 99 {
 		t.Errorf("gateway %+v", gw)
 	}
 	if gw.running() {
 		t.Error("kernel WireGuard without liveness server needs this process")
 	}
-	f.calls = nil
+	f.Forget()
 	if err := gw.close(f); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{"link del vx-welt", "link del wg-welt"})
+	fakekernel.Diff(t, f.Transcript(), []string{"link del vx-welt", "link del wg-welt"})
 }
 
 // TestCreateVXLANIDAndLiveness: the site's VNI goes on vx-X; the liveness
@@ -67,15 +68,15 @@ func TestCreateVXLANIDAndLiveness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), append(made("userspace", "8911352"), "liveness up http://["+ll(1)+"%wg-welt]:80/"))
+	fakekernel.Diff(t, f.Transcript(), append(made("userspace", "8911352"), "liveness up http://["+ll(1)+"%wg-welt]:80/"))
 	if !gw.running() || gw.mode() != "userspace (this process)" {
 		t.Errorf("running %v, mode %q", gw.running(), gw.mode())
 	}
-	f.calls = nil
+	f.Forget()
 	if err := gw.close(f); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{
 		"liveness down http://[" + ll(1) + "%wg-welt]:80/",
 		"link del vx-welt",
 		"userspace wg-welt closed",
@@ -89,7 +90,7 @@ func TestCreateRejectsVXLANIDOver24Bits(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "over 24 bits") {
 		t.Fatalf("err = %v", err)
 	}
-	diff(t, f.transcript(), nil)
+	fakekernel.Diff(t, f.Transcript(), nil)
 }
 
 // TestCreateFailureCleansUp fails each step in turn: everything made
@@ -106,7 +107,7 @@ func TestCreateFailureCleansUp(t *testing.T) {
 		for i, step := range steps {
 			t.Run(mode+"/"+step, func(t *testing.T) {
 				f := newFakeOS()
-				f.failOn = step
+				f.FailOn = step
 				key := testKey(1)
 				_, err := create(f.system(), Options{Interfaces: welt, ListenPort: 51820, PrivateKey: &key,
 					LivenessHTTP: true, Userspace: userspace, Logger: quiet()})
@@ -117,7 +118,7 @@ func TestCreateFailureCleansUp(t *testing.T) {
 				if i > 0 { // the WireGuard interface exists: remove it
 					want = append(want, cleanup...)
 				}
-				diff(t, f.transcript(), want)
+				fakekernel.Diff(t, f.Transcript(), want)
 				if _, err := f.LinkIndex("wg-welt"); err == nil {
 					t.Error("wg-welt left behind")
 				}
@@ -130,8 +131,7 @@ func TestCreateFailureCleansUp(t *testing.T) {
 // alone, also by Close; only the liveness server is started and stopped.
 func TestCreateExisting(t *testing.T) {
 	f := newFakeOS()
-	f.addLink("wg-welt")
-	f.wg["wg-welt"] = wgtypes.Device{Name: "wg-welt", PublicKey: pub(5), ListenPort: 40000}
+	f.AddWireGuard(wgtypes.Device{Name: "wg-welt", PublicKey: pub(5), ListenPort: 40000})
 	gw, err := create(f.system(), Options{Interfaces: welt, ListenPort: 51820, LivenessHTTP: true, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func TestCreateExisting(t *testing.T) {
 	if err := gw.close(f); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{
 		"liveness up http://[" + ll(5) + "%wg-welt]:80/",
 		"liveness down http://[" + ll(5) + "%wg-welt]:80/",
 	})
@@ -150,12 +150,12 @@ func TestCreateExisting(t *testing.T) {
 
 func TestCreateRefusesOtherLinkOfTheName(t *testing.T) {
 	f := newFakeOS()
-	f.addLink("wg-welt") // not a WireGuard device
+	f.AddLink("wg-welt") // not a WireGuard device
 	_, err := create(f.system(), Options{Interfaces: welt, Logger: quiet()})
 	if err == nil || !strings.Contains(err.Error(), "wg-welt exists but is not a WireGuard device") {
 		t.Fatalf("err = %v", err)
 	}
-	diff(t, f.transcript(), nil)
+	fakekernel.Diff(t, f.Transcript(), nil)
 }
 
 // line is what Run prints for a domain built with testKey(i).
@@ -178,7 +178,7 @@ func TestRunKernelReturns(t *testing.T) {
 	var out bytes.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(context.Background(), f.system(), runOptions(&out, quiet())) }()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "Run"); err != nil {
 		t.Fatal(err)
 	}
 	want := made("kernel", "99")
@@ -191,8 +191,8 @@ func TestRunKernelReturns(t *testing.T) {
 		"addr add fe80::1/64 dev vx-mars",
 		"link set vx-mars up",
 	)
-	diff(t, f.transcript(), want)
-	diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
+	fakekernel.Diff(t, f.Transcript(), want)
+	fakekernel.Diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
 		line("ffmuc_welt", welt, 1, 51820, "kernel"),
 		line("ffmuc_mars", mars, 2, 51821, "kernel"),
 	})
@@ -202,11 +202,11 @@ func TestRunKernelReturns(t *testing.T) {
 // logged that it is running).
 func startRun(t *testing.T, ctx context.Context, f *fakeOS, o RunOptions) <-chan error {
 	t.Helper()
-	events := make(logEvents, 100)
+	events := make(await.Log, 100)
 	o.Logger = slog.New(events)
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, f.system(), o) }()
-	events.await(t, "running")
+	events.Await(t, "running")
 	select {
 	case err := <-done:
 		t.Fatalf("Run returned while its userspace devices run: %v", err)
@@ -215,38 +215,24 @@ func startRun(t *testing.T, ctx context.Context, f *fakeOS, o RunOptions) <-chan
 	return done
 }
 
-// returned waits for Run to return.
-func returned(t *testing.T, done <-chan error) error {
-	t.Helper()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(10 * time.Second): // a guard against hanging, not a timing assertion
-		t.Fatal("Run did not return")
-		return nil
-	}
-}
-
 // TestRunStaysUntilCancelled: userspace WireGuard needs this process; on
 // SIGINT/SIGTERM (ctx) Run removes what it made.
 func TestRunStaysUntilCancelled(t *testing.T) {
 	f := newFakeOS()
-	f.noKernelWG = true
+	f.NoKernelWG = true
 	var out bytes.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := startRun(t, ctx, f, runOptions(&out, nil))
-	f.mu.Lock()
-	f.calls = nil
-	f.mu.Unlock()
+	f.Forget()
 	cancel()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "Run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{
 		"link del vx-welt", "userspace wg-welt closed", "link del wg-welt",
 		"link del vx-mars", "userspace wg-mars closed", "link del wg-mars",
 	})
-	diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
+	fakekernel.Diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
 		line("ffmuc_welt", welt, 1, 51820, "userspace (this process)"),
 		line("ffmuc_mars", mars, 2, 51821, "userspace (this process)"),
 	})
@@ -256,17 +242,15 @@ func TestRunStaysUntilCancelled(t *testing.T) {
 // outside ends Run, which removes the rest.
 func TestRunExitsWhenInterfaceRemoved(t *testing.T) {
 	f := newFakeOS()
-	f.noKernelWG = true
+	f.NoKernelWG = true
 	done := startRun(t, context.Background(), f, runOptions(&bytes.Buffer{}, nil))
-	f.mu.Lock()
-	f.calls = nil
-	dev := f.userspace["wg-mars"]
-	f.mu.Unlock()
-	dev.removeFromOutside()
-	if err := returned(t, done); err != nil {
+	f.Forget()
+	dev := f.Userspace("wg-mars")
+	dev.RemoveFromOutside()
+	if err := await.Returned(t, done, "Run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{
 		"(outside) link del wg-mars",
 		"link del vx-welt", "userspace wg-welt closed", "link del wg-welt",
 		"link del vx-mars", "userspace wg-mars closed", "link del wg-mars",
@@ -278,22 +262,21 @@ func TestRunExitsWhenInterfaceRemoved(t *testing.T) {
 // it.
 func TestRunLivenessOnExisting(t *testing.T) {
 	f := newFakeOS()
-	f.addLink("wg-welt")
-	f.wg["wg-welt"] = wgtypes.Device{Name: "wg-welt", PublicKey: pub(5), ListenPort: 40000}
+	f.AddWireGuard(wgtypes.Device{Name: "wg-welt", PublicKey: pub(5), ListenPort: 40000})
 	var out bytes.Buffer
 	o := runOptions(&out, nil)
 	o.Domains, o.LivenessHTTP = []string{"ffmuc_welt"}, true
 	ctx, cancel := context.WithCancel(context.Background())
 	done := startRun(t, ctx, f, o)
 	cancel()
-	if err := returned(t, done); err != nil {
+	if err := await.Returned(t, done, "Run"); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{
 		"liveness up http://[" + ll(5) + "%wg-welt]:80/",
 		"liveness down http://[" + ll(5) + "%wg-welt]:80/",
 	})
-	diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{line("ffmuc_welt", welt, 5, 40000, "already there, left as it is")})
+	fakekernel.Diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{line("ffmuc_welt", welt, 5, 40000, "already there, left as it is")})
 }
 
 // TestRunFailureMidway: a domain that cannot be built ends Run with its
@@ -302,14 +285,14 @@ func TestRunLivenessOnExisting(t *testing.T) {
 func TestRunFailureMidway(t *testing.T) {
 	for _, userspace := range []bool{false, true} {
 		f := newFakeOS()
-		f.failOn = "link add vx-mars"
+		f.FailOn = "link add vx-mars"
 		o := runOptions(&bytes.Buffer{}, quiet())
 		o.Userspace = userspace
 		err := run(context.Background(), f.system(), o)
 		if err == nil || !strings.HasPrefix(err.Error(), "ffmuc_mars: ") {
 			t.Fatalf("userspace %v: err = %v", userspace, err)
 		}
-		got := f.transcript()
+		got := f.Transcript()
 		for i, l := range got {
 			if strings.HasSuffix(l, " -> FAIL") {
 				got = got[i:]
@@ -318,13 +301,13 @@ func TestRunFailureMidway(t *testing.T) {
 		}
 		fail := "link add vx-mars type vxlan id 99 local " + ll(2) + " dev wg-mars -> FAIL"
 		if !userspace {
-			diff(t, got, []string{fail, "link del vx-mars", "link del wg-mars"})
+			fakekernel.Diff(t, got, []string{fail, "link del vx-mars", "link del wg-mars"})
 			if _, err := f.LinkIndex("vx-welt"); err != nil {
 				t.Error("kernel interfaces of ffmuc_welt removed")
 			}
 			continue
 		}
-		diff(t, got, []string{fail, "link del vx-mars", "userspace wg-mars closed", "link del wg-mars",
+		fakekernel.Diff(t, got, []string{fail, "link del vx-mars", "userspace wg-mars closed", "link del wg-mars",
 			// then ffmuc_welt, which needs this process
 			"link del vx-welt", "userspace wg-welt closed", "link del wg-welt"})
 	}
@@ -338,14 +321,14 @@ func TestRunDelete(t *testing.T) {
 	if err := run(context.Background(), f.system(), o); err != nil {
 		t.Fatal(err)
 	}
-	diff(t, f.transcript(), []string{"link del vx-welt", "link del wg-welt", "link del vx-mars", "link del wg-mars"})
-	diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
+	fakekernel.Diff(t, f.Transcript(), []string{"link del vx-welt", "link del wg-welt", "link del vx-mars", "link del wg-mars"})
+	fakekernel.Diff(t, strings.Split(strings.TrimSpace(out.String()), "\n"), []string{
 		"ffmuc_welt: removed wg-welt and vx-welt",
 		"ffmuc_mars: removed wg-mars and vx-mars",
 	})
 
 	f = newFakeOS()
-	f.failOn = "link del vx-welt"
+	f.FailOn = "link del vx-welt"
 	out.Reset()
 	if err := run(context.Background(), f.system(), o); err == nil {
 		t.Fatal("a failed removal reported as success")

@@ -11,6 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/freifunkMUC/wgkex/pkg/kernel"
+	"github.com/freifunkMUC/wgkex/pkg/wgdevice"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -124,7 +125,7 @@ func waitForRemoval(ctx context.Context, gws []*Gateway) string {
 }
 
 // removeAll removes every domain's interfaces, vx-X then wg-X.
-func removeAll(k links, o RunOptions) error {
+func removeAll(k wgdevice.Links, o RunOptions) error {
 	var errs []error
 	for _, d := range o.Domains {
 		ifs := o.Interfaces[d]

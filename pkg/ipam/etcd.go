@@ -97,15 +97,26 @@ func (e *Etcd) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 func (e *Etcd) Get(ctx context.Context, key string) (Lease, error) {
 	ctx, cancel := e.ctx(ctx)
 	defer cancel()
-	resp, err := e.client.Get(ctx, e.leaseKey(key))
-	if err != nil {
-		return Lease{}, unavailable("etcd get", err)
-	}
-	if len(resp.Kvs) == 0 {
+	r, _, found, err := e.readRecord(ctx, key, "etcd get")
+	if err == nil && !found {
 		return Lease{}, ErrNotFound
 	}
-	r, err := decodeRecord(key, resp.Kvs[0].Value)
 	return r.lease(key), err
+}
+
+// readRecord reads key's lease record and the revision it was last changed
+// at; found is false when there is none. op names the caller in errors.
+func (e *Etcd) readRecord(ctx context.Context, key, op string) (r record, rev int64, found bool, err error) {
+	resp, err := e.client.Get(ctx, e.leaseKey(key))
+	if err != nil {
+		return r, 0, false, unavailable(op, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return r, 0, false, nil
+	}
+	kv := resp.Kvs[0]
+	r, err = decodeRecord(key, kv.Value)
+	return r, kv.ModRevision, true, err
 }
 
 func (e *Etcd) Allocate(ctx context.Context, key string, slots Slots, now time.Time) (Lease, error) {
@@ -210,23 +221,15 @@ func (e *Etcd) Touch(ctx context.Context, key string, index uint64, now time.Tim
 	defer cancel()
 	leaseKey := e.leaseKey(key)
 	for range maxConflicts {
-		resp, err := e.client.Get(ctx, leaseKey)
-		if err != nil {
-			return unavailable("etcd touch", err)
-		}
-		if len(resp.Kvs) == 0 {
-			return ErrNotFound
-		}
-		kv := resp.Kvs[0]
-		r, err := decodeRecord(key, kv.Value)
+		r, rev, found, err := e.readRecord(ctx, key, "etcd touch")
 		if err != nil {
 			return err
 		}
-		if r.Index != index {
+		if !found || r.Index != index {
 			return ErrNotFound
 		}
 		txn, err := e.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", kv.ModRevision)).
+			If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", rev)).
 			Then(clientv3.OpPut(leaseKey, string(r.touched(now, selected).encode()))).
 			Commit()
 		if err != nil {
@@ -244,16 +247,8 @@ func (e *Etcd) Release(ctx context.Context, key string, idleBefore time.Time) (b
 	defer cancel()
 	leaseKey := e.leaseKey(key)
 	for range maxConflicts {
-		resp, err := e.client.Get(ctx, leaseKey)
-		if err != nil {
-			return false, unavailable("etcd release", err)
-		}
-		if len(resp.Kvs) == 0 {
-			return false, nil
-		}
-		kv := resp.Kvs[0]
-		r, err := decodeRecord(key, kv.Value)
-		if err != nil {
+		r, rev, found, err := e.readRecord(ctx, key, "etcd release")
+		if err != nil || !found {
 			return false, err
 		}
 		if !r.idle(idleBefore) {
@@ -261,7 +256,7 @@ func (e *Etcd) Release(ctx context.Context, key string, idleBefore time.Time) (b
 		}
 		slot := e.slotKey(r.Index)
 		txn, err := e.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", kv.ModRevision),
+			If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", rev),
 				clientv3.Compare(clientv3.Value(slot), "=", key)).
 			Then(clientv3.OpDelete(leaseKey), clientv3.OpDelete(slot)).
 			Commit()
@@ -280,7 +275,7 @@ func (e *Etcd) Release(ctx context.Context, key string, idleBefore time.Time) (b
 		}
 		if len(check.Kvs) == 0 || string(check.Kvs[0].Value) != key {
 			txn, err := e.client.Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", kv.ModRevision)).
+				If(clientv3.Compare(clientv3.ModRevision(leaseKey), "=", rev)).
 				Then(clientv3.OpDelete(leaseKey)).
 				Commit()
 			if err != nil {

@@ -9,26 +9,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/freifunkMUC/wgkex/internal/fakeclock"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Unix(1_700_000_000, 0)) }
 
 const day = 24 * time.Hour
 
@@ -58,7 +43,7 @@ func forEachStore(t *testing.T, f func(t *testing.T, s Store)) {
 }
 
 // small is an XLAT pool of four /63s: slots 1..3 usable.
-func small(clock *fakeClock) Config {
+func small(clock *fakeclock.Clock) Config {
 	return Config{XLAT: true, Pool6: mustPrefix("2001:db8:ed0::/61"), CLAT4: mustPrefix("10.80.96.0/22"), Now: clock.Now}
 }
 

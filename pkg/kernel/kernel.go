@@ -18,17 +18,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RouteProtocol marks the routes wgkex installs (rtm_protocol), so that
+// routeProtocol marks the routes wgkex installs (rtm_protocol), so that
 // repair and cleanup can tell them from the operator's; 129 is what other
 // Freifunk tooling uses for this.
-const RouteProtocol = 129
+const routeProtocol = 129
 
 // dumpRetries bounds the retries of a dump the kernel marked inconsistent
 // (NLM_F_DUMP_INTR: the table changed while it was being read).
 const dumpRetries = 5
 
-// ErrDumpInterrupted is returned when every retry of a dump was interrupted.
-var ErrDumpInterrupted = errors.New("netlink dump kept being interrupted by concurrent changes")
+// errDumpInterrupted is returned when every retry of a dump was interrupted.
+var errDumpInterrupted = errors.New("netlink dump kept being interrupted by concurrent changes")
 
 // Conn does routes, FDB entries and addresses through one rtnetlink
 // socket. It is safe for concurrent use.
@@ -63,7 +63,7 @@ func (k *Conn) routeMessage(dev int, dst netip.Prefix) *rtnetlink.RouteMessage {
 		Family:    unix.AF_INET6,
 		DstLength: uint8(dst.Bits()),
 		Table:     unix.RT_TABLE_MAIN,
-		Protocol:  RouteProtocol,
+		Protocol:  routeProtocol,
 		Scope:     unix.RT_SCOPE_UNIVERSE,
 		Type:      unix.RTN_UNICAST,
 		Attributes: rtnetlink.RouteAttributes{
@@ -95,7 +95,7 @@ func (k *Conn) DeleteRoute(dev int, dst netip.Prefix) error {
 	return nil
 }
 
-// Routes lists the IPv6 routes via dev that carry RouteProtocol.
+// Routes lists the IPv6 routes via dev that carry routeProtocol.
 func (k *Conn) Routes(dev int) ([]netip.Prefix, error) {
 	msgs, err := k.dump(&rtnetlink.RouteMessage{Family: unix.AF_INET6}, unix.RTM_GETROUTE, unix.AF_INET6)
 	if err != nil {
@@ -104,7 +104,7 @@ func (k *Conn) Routes(dev int) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, m := range msgs {
 		r, ok := m.(*rtnetlink.RouteMessage)
-		if !ok || r.Protocol != RouteProtocol || int(r.Attributes.OutIface) != dev || r.Family != unix.AF_INET6 {
+		if !ok || r.Protocol != routeProtocol || int(r.Attributes.OutIface) != dev || r.Family != unix.AF_INET6 {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(r.Attributes.Dst)
@@ -231,7 +231,7 @@ func (k *Conn) dump(req rtnetlink.Message, typ uint16, family uint16) ([]rtnetli
 			return msgs, nil
 		}
 	}
-	return nil, ErrDumpInterrupted
+	return nil, errDumpInterrupted
 }
 
 // isGone reports errors that mean "there was nothing to remove".

@@ -37,6 +37,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/freifunkMUC/wgkex/internal/text"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -47,8 +48,8 @@ const maxFileSize = 16 << 20
 // maxProblems bounds how many problems one error lists.
 const maxProblems = 10
 
-// Entry is one listed key.
-type Entry struct {
+// entry is one listed key.
+type entry struct {
 	Key    string
 	Reason string // "" when the file gives none
 	line   int
@@ -59,33 +60,33 @@ type Entry struct {
 type List struct {
 	// top is the list under "keys" or the top-level sequence; nil when the
 	// file has none.
-	top map[string]Entry
+	top map[string]entry
 	// domains holds the per-domain lists of an allow list.
-	domains map[string]map[string]Entry
+	domains map[string]map[string]entry
 }
 
-// Contains reports whether key is in the top-level list (block and keep
+// contains reports whether key is in the top-level list (block and keep
 // lists).
-func (l *List) Contains(key string) bool {
-	_, ok := l.Lookup(key)
+func (l *List) contains(key string) bool {
+	_, ok := l.lookup(key)
 	return ok
 }
 
-// Lookup returns key's entry in the top-level list.
-func (l *List) Lookup(key string) (Entry, bool) {
+// lookup returns key's entry in the top-level list.
+func (l *List) lookup(key string) (entry, bool) {
 	if l == nil {
-		return Entry{}, false
+		return entry{}, false
 	}
 	e, ok := l.top[key]
 	return e, ok
 }
 
-// Allowed applies the list as an allow list: a domain listed under "domains"
+// allowed applies the list as an allow list: a domain listed under "domains"
 // admits only the keys of its own list (none when that list is empty); any
 // other domain admits the keys of the top-level list when the file has one,
 // and every key when it has none. So a file with only "domains:" restricts
 // just the domains it names.
-func (l *List) Allowed(domain, key string) bool {
+func (l *List) allowed(domain, key string) bool {
 	if l == nil {
 		return true
 	}
@@ -144,10 +145,10 @@ func (l *List) allKeys() map[string]struct{} {
 	return set
 }
 
-// Load reads and parses one list file. perDomain admits the "domains" form
+// load reads and parses one list file. perDomain admits the "domains" form
 // (allow lists). It suits one-off checks such as `wgkex config check`; a
 // running command uses Start.
-func Load(file string, perDomain bool) (*List, error) {
+func load(file string, perDomain bool) (*List, error) {
 	data, err := readFile(file)
 	if err != nil {
 		return nil, err
@@ -265,8 +266,8 @@ func (p *parser) fields() string {
 	return "keys"
 }
 
-func (p *parser) domainLists(n *yaml.Node) map[string]map[string]Entry {
-	out := map[string]map[string]Entry{}
+func (p *parser) domainLists(n *yaml.Node) map[string]map[string]entry {
+	out := map[string]map[string]entry{}
 	if isNull(n) {
 		return out
 	}
@@ -279,12 +280,12 @@ func (p *parser) domainLists(n *yaml.Node) map[string]map[string]Entry {
 		k, v := n.Content[i], deref(n.Content[i+1])
 		name := k.Value
 		if first, dup := seen[name]; dup {
-			p.addf(k, "domain %q listed twice (first at line %d)", truncate(name, 64), first)
+			p.addf(k, "domain %q listed twice (first at line %d)", text.Truncate(name, 64), first)
 			continue
 		}
 		seen[name] = k.Line
 		if k.Kind != yaml.ScalarNode || !wgkex.ValidName(name) {
-			p.addf(k, "invalid domain name %q", truncate(name, 64))
+			p.addf(k, "invalid domain name %q", text.Truncate(name, 64))
 			continue
 		}
 		out[name] = p.entries(v, "domain "+name)
@@ -295,8 +296,8 @@ func (p *parser) domainLists(n *yaml.Node) map[string]map[string]Entry {
 // entries reads a sequence of entries; null (a field with nothing after
 // the colon) is an empty list. The result is never nil, so that a written
 // but empty list still counts as present (see List.Allowed).
-func (p *parser) entries(n *yaml.Node, what string) map[string]Entry {
-	out := map[string]Entry{}
+func (p *parser) entries(n *yaml.Node, what string) map[string]entry {
+	out := map[string]entry{}
 	if isNull(n) {
 		return out
 	}
@@ -318,8 +319,8 @@ func (p *parser) entries(n *yaml.Node, what string) map[string]Entry {
 	return out
 }
 
-func (p *parser) entry(n *yaml.Node) (Entry, bool) {
-	e := Entry{line: n.Line}
+func (p *parser) entry(n *yaml.Node) (entry, bool) {
+	e := entry{line: n.Line}
 	switch n.Kind {
 	case yaml.ScalarNode:
 		if isNull(n) {
@@ -347,7 +348,7 @@ func (p *parser) entry(n *yaml.Node) (Entry, bool) {
 					e.Reason = v.Value
 				}
 			default:
-				p.addf(k, "unknown field %q in an entry (want key, reason)", truncate(k.Value, 64))
+				p.addf(k, "unknown field %q in an entry (want key, reason)", text.Truncate(k.Value, 64))
 				return e, false
 			}
 		}
@@ -360,15 +361,8 @@ func (p *parser) entry(n *yaml.Node) (Entry, bool) {
 		return e, false
 	}
 	if !wgkex.ValidKey(e.Key) {
-		p.addf(n, "invalid key %q: want 44 characters of base64 (a WireGuard public key)", truncate(e.Key, 64))
+		p.addf(n, "invalid key %q: want 44 characters of base64 (a WireGuard public key)", text.Truncate(e.Key, 64))
 		return e, false
 	}
 	return e, true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

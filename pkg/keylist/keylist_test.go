@@ -35,23 +35,23 @@ keys:
   - "`+k2+`"   # plain entry
   - key: `+k3+`
 `, false)
-		if l.Len() != 3 || !l.Contains(k1) || !l.Contains(k2) || !l.Contains(k3) || l.Contains(key(4)) {
+		if l.Len() != 3 || !l.contains(k1) || !l.contains(k2) || !l.contains(k3) || l.contains(key(4)) {
 			t.Fatalf("got %d entries: %+v", l.Len(), l.top)
 		}
-		if e, _ := l.Lookup(k1); e.Reason != "stolen router, ticket 1234" || e.Key != k1 {
+		if e, _ := l.lookup(k1); e.Reason != "stolen router, ticket 1234" || e.Key != k1 {
 			t.Errorf("entry of k1 = %+v", e)
 		}
-		if e, _ := l.Lookup(k2); e.Reason != "" {
+		if e, _ := l.lookup(k2); e.Reason != "" {
 			t.Errorf("plain entry has reason %q", e.Reason)
 		}
 	})
 
 	t.Run("plain top-level list", func(t *testing.T) {
 		l := mustParse(t, "- "+k1+"\n- '"+k2+"'\n- {key: "+k3+", reason: test}\n", false)
-		if l.Len() != 3 || !l.Contains(k2) {
+		if l.Len() != 3 || !l.contains(k2) {
 			t.Fatalf("got %+v", l.top)
 		}
-		if e, _ := l.Lookup(k3); e.Reason != "test" {
+		if e, _ := l.lookup(k3); e.Reason != "test" {
 			t.Errorf("reason = %q", e.Reason)
 		}
 	})
@@ -65,7 +65,7 @@ keys:
 	} {
 		t.Run(name, func(t *testing.T) {
 			l := mustParse(t, src, false)
-			if l.Len() != 0 || l.Contains(k1) {
+			if l.Len() != 0 || l.contains(k1) {
 				t.Fatalf("want an empty list, got %+v", l.top)
 			}
 		})
@@ -101,7 +101,7 @@ domains:
 		{"ffmuc_other", key(9), true},
 	}
 	for _, c := range cases {
-		if got := l.Allowed(c.domain, c.key); got != c.want {
+		if got := l.allowed(c.domain, c.key); got != c.want {
 			t.Errorf("Allowed(%s, key %s) = %v, want %v", c.domain, c.key[:6], got, c.want)
 		}
 	}
@@ -111,7 +111,7 @@ domains:
 	if l.Len() != 4 {
 		t.Errorf("Len() = %d, want 4", l.Len())
 	}
-	if l.Contains(k1) {
+	if l.contains(k1) {
 		t.Error("per-domain keys leaked into the top-level list")
 	}
 
@@ -124,16 +124,16 @@ domains:
 		{"ffmuc_welt", k2, true}, {"ffmuc_welt", k1, false},
 		{"ffmuc_nord", k1, true}, {"ffmuc_nord", k2, false},
 	} {
-		if got := l.Allowed(c.domain, c.key); got != c.want {
+		if got := l.allowed(c.domain, c.key); got != c.want {
 			t.Errorf("with keys: Allowed(%s, %s) = %v, want %v", c.domain, c.key[:6], got, c.want)
 		}
 	}
 
 	// Empty allow list: no restriction. The nil list neither.
-	if !mustParse(t, "# nothing\n", true).Allowed("ffmuc_welt", k1) || !(*List)(nil).Allowed("x", k1) {
+	if !mustParse(t, "# nothing\n", true).allowed("ffmuc_welt", k1) || !(*List)(nil).allowed("x", k1) {
 		t.Error("an empty allow list restricts")
 	}
-	if (*List)(nil).Contains(k1) || (*List)(nil).Len() != 0 {
+	if (*List)(nil).contains(k1) || (*List)(nil).Len() != 0 {
 		t.Error("the nil list is not empty")
 	}
 }
@@ -203,18 +203,18 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(f, []byte("- "+key(1)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := Load(f, false)
-	if err != nil || !l.Contains(key(1)) {
+	l, err := load(f, false)
+	if err != nil || !l.contains(key(1)) {
 		t.Fatalf("Load = %v, %v", l, err)
 	}
-	if _, err := Load(filepath.Join(dir, "absent.yaml"), false); err == nil || !strings.Contains(err.Error(), "absent.yaml") {
+	if _, err := load(filepath.Join(dir, "absent.yaml"), false); err == nil || !strings.Contains(err.Error(), "absent.yaml") {
 		t.Errorf("Load of a missing file: %v", err)
 	}
 	big := make([]byte, maxFileSize+1)
 	if err := os.WriteFile(f, big, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(f, false); err == nil || !strings.Contains(err.Error(), "not a key list") {
+	if _, err := load(f, false); err == nil || !strings.Contains(err.Error(), "not a key list") {
 		t.Errorf("Load of a huge file: %v", err)
 	}
 }

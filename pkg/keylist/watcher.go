@@ -17,10 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// DefaultCheckInterval is how often the file is compared with the list in
+// defaultCheckInterval is how often the file is compared with the list in
 // use when Options.CheckInterval is 0. The check catches what file
 // notification misses (network file systems, a replaced directory).
-const DefaultCheckInterval = 30 * time.Second
+const defaultCheckInterval = 30 * time.Second
 
 // defaultSettle is how long the watcher waits after a file system event
 // before reading the file, so that an editor's write-then-rename arrives
@@ -41,13 +41,13 @@ type Options struct {
 	// the list in use: an accidentally deleted block list keeps blocking.
 	Optional bool
 	// CheckInterval is how often the file is checked for changes besides
-	// file notification; 0 means DefaultCheckInterval, < 0 none.
+	// file notification; 0 means every 30s, < 0 none.
 	CheckInterval time.Duration
 	// OnChange, if set, is called after every successful reload with the
 	// new list (not for the initial load). Calls are serialized and come
 	// from the watcher's goroutine or from Reload's caller; OnChange must
 	// not call Reload.
-	OnChange func(Change)
+	OnChange func(change)
 	// Logger gets a line for every reload; nil discards them.
 	Logger *slog.Logger
 	// Registerer, if set, gets the list's metrics (see Start).
@@ -59,8 +59,8 @@ type Options struct {
 	onError  func(error)   // called after every failed reload
 }
 
-// Change describes a successful reload.
-type Change struct {
+// change describes a successful reload.
+type change struct {
 	Old, New *List
 	// Added and Removed are the keys listed anywhere in New but nowhere in
 	// Old, and the reverse; sorted. For a block list, Added are the keys a
@@ -106,7 +106,7 @@ func Start(ctx context.Context, o Options) (*Watcher, error) {
 		return nil, errors.New("keylist: Name and File are required")
 	}
 	if o.CheckInterval == 0 {
-		o.CheckInterval = DefaultCheckInterval
+		o.CheckInterval = defaultCheckInterval
 	}
 	if o.settle <= 0 {
 		o.settle = defaultSettle
@@ -247,10 +247,10 @@ func (w *Watcher) List() *List {
 }
 
 // Contains reports whether key is in the top-level list in use.
-func (w *Watcher) Contains(key string) bool { return w.List().Contains(key) }
+func (w *Watcher) Contains(key string) bool { return w.List().contains(key) }
 
 // Allowed applies the list in use as an allow list (see List.Allowed).
-func (w *Watcher) Allowed(domain, key string) bool { return w.List().Allowed(domain, key) }
+func (w *Watcher) Allowed(domain, key string) bool { return w.List().allowed(domain, key) }
 
 // Reload reads the file now, even when it seems unchanged, and returns why
 // it was rejected (the error is also logged, and the list in use stays).
@@ -262,9 +262,6 @@ func (w *Watcher) Close() {
 	w.cancel()
 	<-w.done
 }
-
-// Done is closed when the watcher's goroutine has ended.
-func (w *Watcher) Done() <-chan struct{} { return w.done }
 
 // check reloads the file when its contents (or the reason it cannot be
 // read) differ from the last check, or always when force is set. Failures
@@ -299,7 +296,7 @@ func (w *Watcher) check(force bool) error {
 	added, removed := diff(old, l)
 	w.log.Info("key list reloaded", "entries", l.Len(), "added", len(added), "removed", len(removed))
 	if w.opts.OnChange != nil {
-		w.opts.OnChange(Change{Old: old, New: l, Added: added, Removed: removed})
+		w.opts.OnChange(change{Old: old, New: l, Added: added, Removed: removed})
 	}
 	return nil
 }

@@ -25,20 +25,20 @@ type harness struct {
 	t       *testing.T
 	file    string
 	w       *Watcher
-	changes chan Change
+	changes chan change
 	errs    chan error
 }
 
 func newHarness(t *testing.T, content string, configure func(*Options)) *harness {
 	t.Helper()
 	h := &harness{t: t, file: filepath.Join(t.TempDir(), "blocklist.yaml"),
-		changes: make(chan Change, 100), errs: make(chan error, 100)}
+		changes: make(chan change, 100), errs: make(chan error, 100)}
 	if content != "" {
 		h.write(content)
 	}
 	o := Options{
 		Name: "blocklist", File: h.file,
-		OnChange: func(c Change) { h.changes <- c },
+		OnChange: func(c change) { h.changes <- c },
 		onError:  func(err error) { h.errs <- err },
 	}
 	if configure != nil {
@@ -76,7 +76,7 @@ func (h *harness) replace(content string) {
 
 // waitChange returns the first change whose new list satisfies ok. Partial
 // states (an in-place write seen half way) may come first.
-func (h *harness) waitChange(what string, ok func(*List) bool) Change {
+func (h *harness) waitChange(what string, ok func(*List) bool) change {
 	h.t.Helper()
 	timeout := time.After(eventTimeout)
 	for {
@@ -93,7 +93,7 @@ func (h *harness) waitChange(what string, ok func(*List) bool) Change {
 
 // changeNow returns the change Reload has just made: OnChange runs before
 // Reload returns.
-func (h *harness) changeNow() Change {
+func (h *harness) changeNow() change {
 	h.t.Helper()
 	select {
 	case c := <-h.changes:
@@ -101,7 +101,7 @@ func (h *harness) changeNow() Change {
 	default:
 		h.t.Fatal("Reload returned without calling OnChange")
 	}
-	return Change{}
+	return change{}
 }
 
 func (h *harness) waitError() error {
@@ -120,7 +120,7 @@ func TestStartLoads(t *testing.T) {
 	if !h.w.Contains(key(1)) || h.w.Contains(key(2)) || h.w.List().Len() != 1 {
 		t.Fatalf("list after Start: %+v", h.w.List().top)
 	}
-	if e, _ := h.w.List().Lookup(key(1)); e.Reason != "spam" {
+	if e, _ := h.w.List().lookup(key(1)); e.Reason != "spam" {
 		t.Errorf("reason = %q", e.Reason)
 	}
 }
@@ -155,7 +155,7 @@ func TestOptionalFileAppears(t *testing.T) {
 		t.Fatal("absent optional file is not empty")
 	}
 	h.replace("- " + key(7) + "\n")
-	c := h.waitChange("key 7", func(l *List) bool { return l.Contains(key(7)) })
+	c := h.waitChange("key 7", func(l *List) bool { return l.contains(key(7)) })
 	if len(c.Added) != 1 || c.Added[0] != key(7) {
 		t.Errorf("Added = %v", c.Added)
 	}
@@ -168,7 +168,7 @@ func TestReloadOnWrite(t *testing.T) {
 	if !h.w.Contains(key(2)) || !h.w.Contains(key(3)) {
 		t.Error("the watcher's list is not the one notified")
 	}
-	if c.Old == nil || !c.Old.Contains(key(1)) {
+	if c.Old == nil || !c.Old.contains(key(1)) {
 		t.Errorf("Old = %+v", c.Old)
 	}
 }
@@ -176,7 +176,7 @@ func TestReloadOnWrite(t *testing.T) {
 func TestReloadOnRename(t *testing.T) {
 	h := newHarness(t, "- "+key(1)+"\n", func(o *Options) { o.CheckInterval = -1 })
 	h.replace("- " + key(2) + "\n")
-	c := h.waitChange("key 2 only", func(l *List) bool { return l.Contains(key(2)) })
+	c := h.waitChange("key 2 only", func(l *List) bool { return l.contains(key(2)) })
 	if fmt.Sprint(c.Added) != fmt.Sprint([]string{key(2)}) || fmt.Sprint(c.Removed) != fmt.Sprint([]string{key(1)}) {
 		t.Errorf("Added %v, Removed %v", c.Added, c.Removed)
 	}
@@ -185,7 +185,7 @@ func TestReloadOnRename(t *testing.T) {
 	}
 	// A second replacement: the directory watch survives the first rename.
 	h.replace("- " + key(3) + "\n")
-	h.waitChange("key 3", func(l *List) bool { return l.Contains(key(3)) })
+	h.waitChange("key 3", func(l *List) bool { return l.contains(key(3)) })
 }
 
 // The file may be a symbolic link into another directory (Kubernetes
@@ -199,9 +199,9 @@ func TestReloadThroughSymlink(t *testing.T) {
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
-	changes := make(chan Change, 10)
+	changes := make(chan change, 10)
 	w, err := Start(context.Background(), Options{Name: "blocklist", File: link, CheckInterval: -1,
-		OnChange: func(c Change) { changes <- c }})
+		OnChange: func(c change) { changes <- c }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,10 +251,10 @@ func TestPeriodicFallback(t *testing.T) {
 		o.noNotify, o.CheckInterval = true, 5*time.Millisecond
 	})
 	h.replace("- " + key(4) + "\n")
-	h.waitChange("key 4", func(l *List) bool { return l.Contains(key(4)) })
+	h.waitChange("key 4", func(l *List) bool { return l.contains(key(4)) })
 	h.replace("- " + key(5) + "\n")
-	c := h.waitChange("key 5", func(l *List) bool { return l.Contains(key(5)) })
-	if !c.Old.Contains(key(4)) {
+	c := h.waitChange("key 5", func(l *List) bool { return l.contains(key(5)) })
+	if !c.Old.contains(key(4)) {
 		t.Errorf("reload to key 5 from %+v", c.Old.top)
 	}
 	// Checks of an unchanged file do not reload it; those of a broken file
@@ -325,7 +325,7 @@ func TestBrokenFileKeepsLastGood(t *testing.T) {
 
 	// Fixed: the next good version is installed.
 	h.replace("- " + key(2) + "\n")
-	h.waitChange("key 2", func(l *List) bool { return l.Contains(key(2)) })
+	h.waitChange("key 2", func(l *List) bool { return l.contains(key(2)) })
 
 	// 3 broken versions, each seen once and reloaded once more by hand,
 	// and the deletion: 7 failures; the initial load and the fix are ok.
@@ -403,7 +403,7 @@ func TestStopLeavesNoGoroutine(t *testing.T) {
 			} else {
 				cancel()
 				select {
-				case <-w.Done():
+				case <-w.done:
 				case <-time.After(eventTimeout):
 					t.Fatal("watcher did not stop with its context")
 				}
@@ -461,7 +461,7 @@ func TestConcurrentLookups(t *testing.T) {
 				default:
 				}
 				l := h.w.List()
-				if l.Contains(key(1)) == l.Contains(key(2)) {
+				if l.contains(key(1)) == l.contains(key(2)) {
 					errs <- "a snapshot with both or neither key"
 					return
 				}

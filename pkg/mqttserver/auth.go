@@ -46,7 +46,8 @@ func BrokerRules() Rules {
 func WorkerRules(name string) Rules {
 	return withParker(Rules{
 		Write: []string{"wireguard-worker/" + name + "/#", "wireguard-metrics/+/" + name + "/#"},
-		Read:  []string{"wireguard/#"},
+		// Its own status and data: a worker re-announces when they are overwritten.
+		Read: []string{"wireguard/#", "wireguard-worker/" + name + "/#"},
 	})
 }
 

@@ -42,18 +42,11 @@ func TestReconnectUnderLoadLosesNothing(t *testing.T) {
 
 		const step, reconnects = 1500, 8
 		var (
-			mu       sync.Mutex
-			acked    []string
-			next     atomic.Int64
-			stop     = make(chan struct{})
-			progress = make(chan struct{}, 1)
-			wg       sync.WaitGroup
+			acked = newAckedKeys()
+			next  atomic.Int64
+			stop  = make(chan struct{})
+			wg    sync.WaitGroup
 		)
-		count := func() int {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(acked)
-		}
 		for range 32 {
 			wg.Add(1)
 			go func() {
@@ -72,24 +65,15 @@ func TestReconnectUnderLoadLosesNothing(t *testing.T) {
 						t.Errorf("publish %s: %v %v", key, err, resp)
 						return
 					}
-					mu.Lock()
-					acked = append(acked, key)
-					mu.Unlock()
-					select {
-					case progress <- struct{}{}:
-					default:
-					}
+					acked.add(key)
 				}
 			}()
 		}
-		deadline := time.After(60 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
 		for i := 1; i <= reconnects; i++ {
-			for count() < i*step {
-				select {
-				case <-progress:
-				case <-deadline:
-					t.Fatalf("publishing stalled at %d", count())
-				}
+			if !acked.reach(ctx, i*step) {
+				t.Fatalf("publishing stalled at %d", acked.count())
 			}
 			worker.abort()
 			worker = dial(t, addr, "worker-gw1", peerOptions{persistent: true, got: got})
@@ -109,10 +93,7 @@ func TestReconnectUnderLoadLosesNothing(t *testing.T) {
 		}
 		close(stop)
 		wg.Wait()
-		mu.Lock()
-		want := append([]string(nil), acked...)
-		mu.Unlock()
-		got.await(t, want, 30*time.Second)
+		got.await(t, acked.all(), 30*time.Second)
 	})
 }
 

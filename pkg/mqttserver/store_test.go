@@ -203,6 +203,60 @@ type peerOptions struct {
 	got            *collector
 }
 
+// ackedKeys are the keys the server acknowledged, in order, with an event
+// for each so that a test can wait for a count.
+type ackedKeys struct {
+	mu       sync.Mutex
+	keys     []string
+	progress chan struct{} // cap 1
+}
+
+func newAckedKeys() *ackedKeys { return &ackedKeys{progress: make(chan struct{}, 1)} }
+
+func (a *ackedKeys) add(key string) {
+	a.mu.Lock()
+	a.keys = append(a.keys, key)
+	a.mu.Unlock()
+	select {
+	case a.progress <- struct{}{}:
+	default:
+	}
+}
+
+func (a *ackedKeys) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.keys)
+}
+
+func (a *ackedKeys) all() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.keys...)
+}
+
+// reach waits until n keys are acknowledged; false when ctx ends first.
+func (a *ackedKeys) reach(ctx context.Context, n int) bool {
+	for a.count() < n {
+		select {
+		case <-a.progress:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// keySubscriber is worker-gw1 with a persistent session subscribed to
+// every key topic, collecting what it receives.
+func keySubscriber(t testing.TB, addr string) (*peer, *collector) {
+	t.Helper()
+	got := newCollector()
+	sub := dial(t, addr, "worker-gw1", peerOptions{persistent: true, got: got})
+	sub.subscribe(t, "wireguard/+/all")
+	return sub, got
+}
+
 func dial(t testing.TB, addr, id string, o peerOptions) *peer {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -326,9 +380,7 @@ const keyTopic = "wireguard/ffmuc_welt/all"
 func TestStoreKeepsSessionsAcrossStop(t *testing.T) {
 	addr, store := freeAddr(t), filepath.Join(t.TempDir(), "mqtt.db")
 	srv := startInProcess(t, addr, store)
-	got := newCollector()
-	sub := dial(t, addr, "worker-gw1", peerOptions{persistent: true, got: got})
-	sub.subscribe(t, "wireguard/+/all")
+	sub, got := keySubscriber(t, addr)
 	sub.Disconnect(&paho.Disconnect{})
 
 	pub := dial(t, addr, "broker", peerOptions{})
@@ -355,9 +407,7 @@ func TestStoreKeepsSessionsAcrossStop(t *testing.T) {
 func TestStoreSessionSurvivesKill(t *testing.T) {
 	addr, store := freeAddr(t), filepath.Join(t.TempDir(), "mqtt.db")
 	server := startChild(t, addr, store)
-	got := newCollector()
-	sub := dial(t, addr, "worker-gw1", peerOptions{persistent: true, got: got})
-	sub.subscribe(t, "wireguard/+/all")
+	sub, got := keySubscriber(t, addr)
 	server.kill()
 	sub.waitGone(t)
 
@@ -379,9 +429,7 @@ func TestStoreSessionSurvivesKill(t *testing.T) {
 func TestStoreQueuedMessagesSurviveKill(t *testing.T) {
 	addr, store := freeAddr(t), filepath.Join(t.TempDir(), "mqtt.db")
 	server := startChild(t, addr, store)
-	got := newCollector()
-	sub := dial(t, addr, "worker-gw1", peerOptions{persistent: true, got: got})
-	sub.subscribe(t, "wireguard/+/all")
+	sub, got := keySubscriber(t, addr)
 	sub.Disconnect(&paho.Disconnect{})
 
 	pub := dial(t, addr, "broker", peerOptions{})
@@ -500,25 +548,18 @@ func TestStoreKillUnderLoad(t *testing.T) {
 
 	const total, killAt = 6000, 2500
 	var (
-		mu       sync.Mutex
-		acked    []string
-		next     atomic.Int64
-		failed   atomic.Int64
-		progress = make(chan struct{}, 1)
-		wg       sync.WaitGroup
+		acked  = newAckedKeys()
+		next   atomic.Int64
+		failed atomic.Int64
+		wg     sync.WaitGroup
 	)
-	count := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(acked)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for range 32 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ctx.Err() == nil && count() < total {
+			for ctx.Err() == nil && acked.count() < total {
 				key := fmt.Sprintf("key-%06d", next.Add(1))
 				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 				err := broker.Publish(pctx, keyTopic, []byte(key), 1, false)
@@ -530,32 +571,20 @@ func TestStoreKillUnderLoad(t *testing.T) {
 					broker.AwaitConnection(ctx)
 					continue
 				}
-				mu.Lock()
-				acked = append(acked, key)
-				mu.Unlock()
-				select {
-				case progress <- struct{}{}:
-				default:
-				}
+				acked.add(key)
 			}
 		}()
 	}
-	for count() < killAt {
-		select {
-		case <-progress:
-		case <-ctx.Done():
-			t.Fatal("publishing stalled before the kill")
-		}
+	if !acked.reach(ctx, killAt) {
+		t.Fatal("publishing stalled before the kill")
 	}
 	server.kill()
 	server = startChild(t, addr, store)
 	wg.Wait()
 	if ctx.Err() != nil {
-		t.Fatalf("publishing did not finish: %d acknowledged", count())
+		t.Fatalf("publishing did not finish: %d acknowledged", acked.count())
 	}
-	mu.Lock()
-	want := append([]string(nil), acked...)
-	mu.Unlock()
+	want := acked.all()
 	got.await(t, want, 30*time.Second)
 	t.Logf("%d keys acknowledged, all delivered; %d publishes failed during the restart", len(want), failed.Load())
 	server.term(t)

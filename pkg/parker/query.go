@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/freifunkMUC/wgkex/internal/text"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
@@ -46,11 +47,11 @@ func parseQuery(raw string) (request, error) {
 		rawName, rawValue, _ := strings.Cut(part, "=")
 		name, err := url.PathUnescape(rawName)
 		if err != nil {
-			return req, fmt.Errorf("query: bad escape in parameter name %q", truncate(rawName, 64))
+			return req, fmt.Errorf("query: bad escape in parameter name %q", text.Truncate(rawName, 64))
 		}
 		value, err := url.PathUnescape(rawValue)
 		if err != nil {
-			return req, fmt.Errorf("%s: bad escape in %q", truncate(name, 64), truncate(rawValue, 64))
+			return req, fmt.Errorf("%s: bad escape in %q", text.Truncate(name, 64), text.Truncate(rawValue, 64))
 		}
 		switch name {
 		case "pubkey", "nonce", "v6mtu":
@@ -59,7 +60,7 @@ func parseQuery(raw string) (request, error) {
 			}
 			seen[name] = true
 		default:
-			req.ignored = append(req.ignored, truncate(name, 64)+"="+truncate(value, 64))
+			req.ignored = append(req.ignored, text.Truncate(name, 64)+"="+text.Truncate(value, 64))
 			continue
 		}
 		switch name {
@@ -76,13 +77,13 @@ func parseQuery(raw string) (request, error) {
 		return req, fmt.Errorf("pubkey: missing (want the node's WireGuard public key, base64 with %%2B for +)")
 	}
 	if !wgkex.ValidKey(req.key) {
-		return req, fmt.Errorf("pubkey: invalid public key %q: want 44 characters of base64 (a WireGuard public key)", truncate(req.key, 64))
+		return req, fmt.Errorf("pubkey: invalid public key %q: want 44 characters of base64 (a WireGuard public key)", text.Truncate(req.key, 64))
 	}
 	if !seen["nonce"] || req.nonce == "" {
 		return req, fmt.Errorf("nonce: missing")
 	}
 	if !validNonce(req.nonce) {
-		return req, fmt.Errorf("nonce: invalid %q: want 1 to %d characters of A-Z a-z 0-9 - . _ ~", truncate(req.nonce, 64), maxNonceLen)
+		return req, fmt.Errorf("nonce: invalid %q: want 1 to %d characters of A-Z a-z 0-9 - . _ ~", text.Truncate(req.nonce, 64), maxNonceLen)
 	}
 	req.v6mtu = DefaultV6MTU
 	// An empty value counts as absent: a node without IPv6 on its WAN
@@ -90,7 +91,7 @@ func parseQuery(raw string) (request, error) {
 	if v6mtu != "" {
 		n, err := strconv.Atoi(v6mtu)
 		if err != nil || n < minV6MTU || n > maxV6MTU {
-			return req, fmt.Errorf("v6mtu: invalid %q: want an integer from %d to %d", truncate(v6mtu, 64), minV6MTU, maxV6MTU)
+			return req, fmt.Errorf("v6mtu: invalid %q: want an integer from %d to %d", text.Truncate(v6mtu, 64), minV6MTU, maxV6MTU)
 		}
 		req.v6mtu = n
 	}
@@ -112,11 +113,4 @@ func validNonce(s string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

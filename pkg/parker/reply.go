@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+
+	"github.com/freifunkMUC/wgkex/internal/text"
 )
 
 // config is the reply's JSON. The field order is upstream wgkex's (its
@@ -64,7 +66,7 @@ func concentratorJSON(g Concentrator) (concentrator, error) {
 	case !g.Address6.Is6():
 		return concentrator{}, fmt.Errorf("no IPv6 link address")
 	case g.Host == "" || g.Port <= 0 || g.Port > 65535:
-		return concentrator{}, fmt.Errorf("no endpoint (host %q, port %d)", truncate(g.Host, 64), g.Port)
+		return concentrator{}, fmt.Errorf("no endpoint (host %q, port %d)", text.Truncate(g.Host, 64), g.Port)
 	case g.PublicKey == "":
 		return concentrator{}, fmt.Errorf("no public key")
 	}

@@ -67,7 +67,7 @@ func BenchmarkMiddleware(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
-			if st := l.Stats(); bc.name != "off" {
+			if st := l.stats(); bc.name != "off" {
 				b.ReportMetric(float64(st.Clients), "clients")
 			}
 		})
@@ -95,12 +95,12 @@ func BenchmarkMemory(b *testing.B) {
 			case 1_000_000:
 				after := heapInuse() - base
 				b.ReportMetric(after/1e6, "MB@1M")
-				b.ReportMetric(after/float64(l.Stats().Clients), "B/client@1M")
+				b.ReportMetric(after/float64(l.stats().Clients), "B/client@1M")
 			case 8_000_000:
 				b.ReportMetric((heapInuse()-base)/1e6, "MB@8M")
 			}
 		}
-		b.ReportMetric(float64(l.Stats().Clients), "clients")
+		b.ReportMetric(float64(l.stats().Clients), "clients")
 		runtime.KeepAlive(l)
 	}
 }

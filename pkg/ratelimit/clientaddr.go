@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// ClientAddr is the address r comes from: the connection's peer, unless the
+// clientAddr is the address r comes from: the connection's peer, unless the
 // peer is a trusted proxy; then the right-most X-Forwarded-For entry that is
 // not itself a trusted proxy, else X-Real-IP, else the peer. The invalid
 // Addr means the peer's address is unknown (not an IP connection).
@@ -15,7 +15,7 @@ import (
 // A trusted proxy must append to X-Forwarded-For (nginx:
 // $proxy_add_x_forwarded_for) or overwrite X-Real-IP: anything a client put
 // in front of that is never reached.
-func (l *Limiter) ClientAddr(r *http.Request) netip.Addr {
+func (l *Limiter) clientAddr(r *http.Request) netip.Addr {
 	peer := parseRemoteAddr(r.RemoteAddr)
 	if !peer.IsValid() || !l.isTrusted(peer) {
 		return peer

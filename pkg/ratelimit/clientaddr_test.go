@@ -76,7 +76,7 @@ func TestClientAddr(t *testing.T) {
 			for i := 0; i+1 < len(tc.header); i += 2 {
 				r.Header.Add(tc.header[i], tc.header[i+1])
 			}
-			got := l.ClientAddr(r)
+			got := l.clientAddr(r)
 			if tc.want == "" {
 				if got.IsValid() {
 					t.Errorf("got %s, want no address", got)

@@ -11,7 +11,7 @@ var (
 		"Client buckets forgotten before they had refilled, because max_clients was reached.", nil, nil)
 )
 
-// Collector exports the limiter's Stats as Prometheus metrics.
+// Collector exports the limiter's stats as Prometheus metrics.
 func (l *Limiter) Collector() prometheus.Collector { return collector{l} }
 
 type collector struct{ l *Limiter }
@@ -23,7 +23,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.l.Stats()
+	s := c.l.stats()
 	ch <- prometheus.MustNewConstMetric(descClients, prometheus.GaugeValue, float64(s.Clients))
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.RefusedClient), "client")
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.RefusedGlobal), "global")

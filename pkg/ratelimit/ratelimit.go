@@ -36,11 +36,11 @@ import (
 // what one worker installs (4,200-5,550 keys/s measured, README), and a
 // full burst of 20,000 keys is under 5 s of its work.
 const (
-	DefaultPerClient      = 1.0 // requests per second per client
-	DefaultPerClientBurst = 60
-	DefaultGlobal         = 2000.0 // requests per second, all clients together
-	DefaultGlobalBurst    = 20000
-	DefaultMaxClients     = 100_000
+	defaultPerClient      = 1.0 // requests per second per client
+	defaultPerClientBurst = 60
+	defaultGlobal         = 2000.0 // requests per second, all clients together
+	defaultGlobalBurst    = 20000
+	defaultMaxClients     = 100_000
 )
 
 // maxRetryAfter caps Retry-After for very slow configured rates.
@@ -80,9 +80,9 @@ type Limiter struct {
 // New checks cfg and makes a Limiter.
 func New(cfg Config) (*Limiter, error) {
 	var errs []error
-	perClient, clientBurst, err := bucket("PerClient", cfg.PerClient, cfg.PerClientBurst, DefaultPerClient, DefaultPerClientBurst)
+	perClient, clientBurst, err := bucket("PerClient", cfg.PerClient, cfg.PerClientBurst, defaultPerClient, defaultPerClientBurst)
 	errs = append(errs, err)
-	global, globalBurst, err := bucket("Global", cfg.Global, cfg.GlobalBurst, DefaultGlobal, DefaultGlobalBurst)
+	global, globalBurst, err := bucket("Global", cfg.Global, cfg.GlobalBurst, defaultGlobal, defaultGlobalBurst)
 	errs = append(errs, err)
 	if cfg.MaxClients < 0 {
 		errs = append(errs, fmt.Errorf("MaxClients must not be negative, got %d", cfg.MaxClients))
@@ -97,7 +97,7 @@ func New(cfg Config) (*Limiter, error) {
 		return nil, fmt.Errorf("rate limit: %w", err)
 	}
 	if cfg.MaxClients == 0 {
-		cfg.MaxClients = DefaultMaxClients
+		cfg.MaxClients = defaultMaxClients
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -134,17 +134,17 @@ func bucket(name string, r float64, burst int, defRate float64, defBurst int) (r
 	return rate.Limit(r), burst, nil
 }
 
-// Stats are counts for metrics.
-type Stats struct {
+// stats are counts for metrics.
+type stats struct {
 	Clients       int    // client buckets kept now
 	Evicted       uint64 // buckets forgotten before they had refilled (MaxClients reached)
 	RefusedClient uint64 // requests refused by a client's bucket
 	RefusedGlobal uint64 // requests refused by the global bucket
 }
 
-// Stats reports the current counts.
-func (l *Limiter) Stats() Stats {
-	s := Stats{RefusedClient: l.refusedClient.Load(), RefusedGlobal: l.refusedGlobal.Load()}
+// stats reports the current counts.
+func (l *Limiter) stats() stats {
+	s := stats{RefusedClient: l.refusedClient.Load(), RefusedGlobal: l.refusedGlobal.Load()}
 	if l.clients != nil {
 		s.Clients, s.Evicted = l.clients.len(), l.clients.evicted.Load()
 	}
@@ -158,7 +158,7 @@ func (l *Limiter) Wrap(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v := l.admit(l.ClientAddr(r), l.now())
+		v := l.admit(l.clientAddr(r), l.now())
 		if v.by == nobody {
 			next.ServeHTTP(w, r)
 			return

@@ -14,27 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
+
+	"github.com/freifunkMUC/wgkex/internal/fakeclock"
 )
 
-// clock is a settable fake clock; tests move it by hand.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)) }
 
 func mustNew(t testing.TB, cfg Config) *Limiter {
 	t.Helper()
@@ -142,7 +126,7 @@ func TestBurstFromOneAddressWhileAnotherIsServed(t *testing.T) {
 	if w := serve(h, request("192.0.2.1:1000")); w.Code != http.StatusOK {
 		t.Fatalf("after the refill: %d", w.Code)
 	}
-	if st := l.Stats(); st.RefusedClient != 2 || st.RefusedGlobal != 0 || st.Clients != 2 {
+	if st := l.stats(); st.RefusedClient != 2 || st.RefusedGlobal != 0 || st.Clients != 2 {
 		t.Errorf("stats %+v", st)
 	}
 }
@@ -198,7 +182,7 @@ func TestIPv6ClientsArePerSlash64(t *testing.T) {
 	if w := serve(h, request("[fe80::2%wg0]:1")); w.Code != http.StatusOK {
 		t.Errorf("another link-local address: %d", w.Code)
 	}
-	if n := l.Stats().Clients; n != 6 {
+	if n := l.stats().Clients; n != 6 {
 		t.Errorf("%d clients, want 6 (two /64s, two IPv4 and two link-local addresses)", n)
 	}
 }
@@ -277,7 +261,7 @@ func TestGlobalLimit(t *testing.T) {
 			t.Fatalf("one client's refused requests drained the global bucket (request %d: %d)", i, w.Code)
 		}
 	}
-	if st := l.Stats(); st.RefusedGlobal != 1 || st.RefusedClient != 10 {
+	if st := l.stats(); st.RefusedGlobal != 1 || st.RefusedClient != 10 {
 		t.Errorf("stats %+v, want 1 global and 10 client refusals", st)
 	}
 }
@@ -289,14 +273,14 @@ func TestOffAndDefaults(t *testing.T) {
 		t.Error("with both buckets off Wrap should return next itself")
 	}
 	d := mustNew(t, Config{})
-	if d.clients == nil || d.clients.burst != DefaultPerClientBurst || d.perClient != DefaultPerClient {
+	if d.clients == nil || d.clients.burst != defaultPerClientBurst || d.perClient != defaultPerClient {
 		t.Errorf("per-client defaults not applied")
 	}
-	if d.global == nil || d.global.Burst() != DefaultGlobalBurst || float64(d.global.Limit()) != DefaultGlobal {
+	if d.global == nil || d.global.Burst() != defaultGlobalBurst || float64(d.global.Limit()) != defaultGlobal {
 		t.Errorf("global defaults not applied")
 	}
-	if n := len(d.clients.shards) * d.clients.shards[0].max; n > DefaultMaxClients || n < DefaultMaxClients*99/100 {
-		t.Errorf("%d entries in all shards, want about %d", n, DefaultMaxClients)
+	if n := len(d.clients.shards) * d.clients.shards[0].max; n > defaultMaxClients || n < defaultMaxClients*99/100 {
+		t.Errorf("%d entries in all shards, want about %d", n, defaultMaxClients)
 	}
 	for _, bad := range []Config{
 		{PerClientBurst: -1}, {GlobalBurst: -5}, {MaxClients: -1},
@@ -344,7 +328,7 @@ func TestConcurrent(t *testing.T) {
 			if global > 0 && total != global {
 				t.Errorf("%d requests passed, want exactly the global burst %d", total, global)
 			}
-			st := l.Stats()
+			st := l.stats()
 			if st.RefusedClient+st.RefusedGlobal+uint64(total) != goroutines*each {
 				t.Errorf("stats %+v do not add up to %d requests", st, goroutines*each)
 			}
@@ -378,7 +362,7 @@ func TestOverHTTP(t *testing.T) {
 		t.Errorf("second request: %d, Retry-After %q, Content-Type %q", resp.StatusCode,
 			resp.Header.Get("Retry-After"), resp.Header.Get("Content-Type"))
 	}
-	if n := l.Stats().Clients; n != 1 {
+	if n := l.stats().Clients; n != 1 {
 		t.Errorf("%d clients for two connections from one address", n)
 	}
 }

@@ -37,7 +37,7 @@ func TestLeastRecentlySeenClientIsEvicted(t *testing.T) {
 	if v := l.admit(b, c.Now()); v.by != nobody {
 		t.Error("b was not evicted: it is still refused")
 	}
-	st := l.Stats()
+	st := l.stats()
 	if st.Clients != 3 {
 		t.Errorf("%d clients kept, want MaxClients = 3", st.Clients)
 	}
@@ -55,15 +55,15 @@ func TestRefilledBucketsAreDropped(t *testing.T) {
 	}
 	c.Advance(1999 * time.Millisecond)
 	l.admit(v4(100), c.Now())
-	if n := l.Stats().Clients; n != 11 {
+	if n := l.stats().Clients; n != 11 {
 		t.Fatalf("%d clients, want 11: none of them had refilled", n)
 	}
 	c.Advance(time.Millisecond)
 	l.admit(v4(100), c.Now()) // sweeps at most sweepMax = 16 of the 10 full ones
-	if n := l.Stats().Clients; n != 1 {
+	if n := l.stats().Clients; n != 1 {
 		t.Errorf("%d clients kept, want 1: the refilled buckets carry nothing", n)
 	}
-	if e := l.Stats().Evicted; e != 0 {
+	if e := l.stats().Evicted; e != 0 {
 		t.Errorf("%d evictions counted for idle expiry", e)
 	}
 }
@@ -89,7 +89,7 @@ func TestStateStaysBounded(t *testing.T) {
 			atMax = heapInuse()
 		}
 	}
-	st := l.Stats()
+	st := l.stats()
 	if st.Clients > maxClients {
 		t.Errorf("%d clients kept, over MaxClients %d", st.Clients, maxClients)
 	}

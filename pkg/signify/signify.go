@@ -49,30 +49,30 @@ var (
 	kdfAlg = []byte("BK")
 )
 
-// ErrBadSignature is returned when a signature does not match the message
+// errBadSignature is returned when a signature does not match the message
 // or was made by another key.
-var ErrBadSignature = errors.New("signature verification failed")
+var errBadSignature = errors.New("signature verification failed")
 
-// KeyNum identifies a key pair; signatures carry it.
-type KeyNum [keyNumLen]byte
+// keyNum identifies a key pair; signatures carry it.
+type keyNum [keyNumLen]byte
 
 // String is the key number in hex.
-func (n KeyNum) String() string { return fmt.Sprintf("%x", n[:]) }
+func (n keyNum) String() string { return fmt.Sprintf("%x", n[:]) }
 
 // PrivateKey is an unencrypted signify secret key.
 type PrivateKey struct {
-	num KeyNum
+	num keyNum
 	key ed25519.PrivateKey
 }
 
 // PublicKey is a signify public key.
 type PublicKey struct {
-	num KeyNum
+	num keyNum
 	key ed25519.PublicKey
 }
 
-// GenerateKey makes a new key pair with a random key number.
-func GenerateKey(random io.Reader) (*PrivateKey, error) {
+// generateKey makes a new key pair with a random key number.
+func generateKey(random io.Reader) (*PrivateKey, error) {
 	if random == nil {
 		random = rand.Reader
 	}
@@ -87,8 +87,8 @@ func GenerateKey(random io.Reader) (*PrivateKey, error) {
 	return k, nil
 }
 
-// KeyNum is the key's number.
-func (k *PrivateKey) KeyNum() KeyNum { return k.num }
+// keyNum is the key's number.
+func (k *PrivateKey) keyNum() keyNum { return k.num }
 
 // Public is the matching public key.
 func (k *PrivateKey) Public() *PublicKey {
@@ -105,8 +105,8 @@ func (k *PrivateKey) Sign(msg []byte) string {
 	return base64.StdEncoding.EncodeToString(raw)
 }
 
-// KeyNum is the key's number.
-func (p *PublicKey) KeyNum() KeyNum { return p.num }
+// keyNum is the key's number.
+func (p *PublicKey) keyNum() keyNum { return p.num }
 
 // String is the base64 line of the public key file: what a Gluon site
 // configures as the node's config_pubkey.
@@ -133,10 +133,10 @@ func (p *PublicKey) Verify(msg []byte, sig string) error {
 		return fmt.Errorf("signature: algorithm %q, want %q", raw[:2], pkAlg)
 	}
 	if subtle.ConstantTimeCompare(raw[2:2+keyNumLen], p.num[:]) != 1 {
-		return fmt.Errorf("%w: signed with key %x, this public key is %s", ErrBadSignature, raw[2:2+keyNumLen], p.num)
+		return fmt.Errorf("%w: signed with key %x, this public key is %s", errBadSignature, raw[2:2+keyNumLen], p.num)
 	}
 	if !ed25519.Verify(p.key, msg, raw[2+keyNumLen:]) {
-		return ErrBadSignature
+		return errBadSignature
 	}
 	return nil
 }
@@ -157,9 +157,9 @@ func (p *PublicKey) VerifyReply(reply []byte) ([]byte, error) {
 	return msg, nil
 }
 
-// ParsePrivateKey reads a secret key: the contents of a signify secret key
+// parsePrivateKey reads a secret key: the contents of a signify secret key
 // file, or its base64 line alone. Encrypted keys are refused.
-func ParsePrivateKey(data []byte) (*PrivateKey, error) {
+func parsePrivateKey(data []byte) (*PrivateKey, error) {
 	raw, err := decodeBlock(string(data), secretLen, "secret key")
 	if err != nil {
 		return nil, err
@@ -186,9 +186,9 @@ func ParsePrivateKey(data []byte) (*PrivateKey, error) {
 	return k, nil
 }
 
-// ParsePublicKey reads a public key: the contents of a signify public key
+// parsePublicKey reads a public key: the contents of a signify public key
 // file, or its base64 line alone (as in a Gluon site.conf).
-func ParsePublicKey(data []byte) (*PublicKey, error) {
+func parsePublicKey(data []byte) (*PublicKey, error) {
 	raw, err := decodeBlock(string(data), publicLen, "public key")
 	if err != nil {
 		return nil, err
@@ -207,7 +207,7 @@ func ReadPrivateKey(path string) (*PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read secret key: %w", err)
 	}
-	k, err := ParsePrivateKey(data)
+	k, err := parsePrivateKey(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -220,7 +220,7 @@ func ReadPublicKey(path string) (*PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read public key: %w", err)
 	}
-	p, err := ParsePublicKey(data)
+	p, err := parsePublicKey(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -252,9 +252,9 @@ func (p *PublicKey) marshalPublic(comment string) ([]byte, error) {
 	return encodeFile(comment+" public key", p.raw())
 }
 
-// SignatureFile is a detached signature file for sig (as returned by Sign)
+// signatureFile is a detached signature file for sig (as returned by Sign)
 // the way signify writes one, so that `signify -V -x` reads it.
-func SignatureFile(sig, comment string) []byte {
+func signatureFile(sig, comment string) []byte {
 	return []byte(commentPrefix + comment + "\n" + sig + "\n")
 }
 
@@ -268,7 +268,7 @@ func WriteKeyPair(secretPath, publicPath, comment string) (*PrivateKey, error) {
 	if filepath.Clean(secretPath) == filepath.Clean(publicPath) {
 		return nil, errors.New("secret and public key paths are the same file")
 	}
-	k, err := GenerateKey(nil)
+	k, err := generateKey(nil)
 	if err != nil {
 		return nil, err
 	}

@@ -47,7 +47,7 @@ func splitLikeNode(t *testing.T, dir string, reply []byte) (msgPath, sigPath str
 	if err := os.WriteFile(msgPath, body[:cut+1], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(sigPath, SignatureFile(string(body[cut+1:]), "verify with parker.pub"), 0o644); err != nil {
+	if err := os.WriteFile(sigPath, signatureFile(string(body[cut+1:]), "verify with parker.pub"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return msgPath, sigPath
@@ -87,7 +87,7 @@ func TestSignifyToolVerifiesOurReply(t *testing.T) {
 	}
 
 	// Signed by another key: signify checks the key number as usign does.
-	other, err := GenerateKey(nil)
+	other, err := generateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestWeVerifySignifyTool(t *testing.T) {
 		t.Fatalf("reply signed by signify-openbsd: %v", err)
 	}
 	changed := bytes.Replace(msg, []byte("1375"), []byte("1376"), 1)
-	if err := pk.Verify(changed, string(sigText)); !errors.Is(err, ErrBadSignature) {
+	if err := pk.Verify(changed, string(sigText)); !errors.Is(err, errBadSignature) {
 		t.Fatalf("changed message: got %v, want ErrBadSignature", err)
 	}
 
@@ -185,7 +185,7 @@ func TestWeVerifySignifyTool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if key.Public().String() != pk.String() || key.KeyNum() != pk.KeyNum() {
+	if key.Public().String() != pk.String() || key.keyNum() != pk.keyNum() {
 		t.Fatalf("public key from signify's secret key %s, its public key file %s", key.Public(), pk)
 	}
 	msgPath2, sigPath2 := splitLikeNode(t, dir, append(bytes.Clone(msg), key.Sign(msg)...))
@@ -209,7 +209,7 @@ func TestWeVerifySignifyTool(t *testing.T) {
 }
 
 func TestVerifyRefuses(t *testing.T) {
-	key, err := GenerateKey(nil)
+	key, err := generateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestVerifyRefuses(t *testing.T) {
 	}
 	raw := mustDecode(t, sig)
 
-	other, _ := GenerateKey(nil)
+	other, _ := generateKey(nil)
 	wrongNum := bytes.Clone(raw)
 	copy(wrongNum[2:10], other.num[:])
 
@@ -239,7 +239,7 @@ func TestVerifyRefuses(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if err := pub.Verify(msg[:len(msg)-1], sig); !errors.Is(err, ErrBadSignature) {
+	if err := pub.Verify(msg[:len(msg)-1], sig); !errors.Is(err, errBadSignature) {
 		t.Errorf("message without its newline: got %v, want ErrBadSignature", err)
 	}
 	if _, err := pub.VerifyReply(append(bytes.Clone(msg), sig...)); err != nil {
@@ -251,7 +251,7 @@ func TestVerifyRefuses(t *testing.T) {
 }
 
 func TestParsePrivateKeyRefuses(t *testing.T) {
-	key, err := GenerateKey(nil)
+	key, err := generateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,12 +259,12 @@ func TestParsePrivateKeyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ParsePrivateKey(file); err != nil {
+	if _, err := parsePrivateKey(file); err != nil {
 		t.Fatalf("own key: %v", err)
 	}
 	// The base64 line alone, as upstream's broker_signing_key holds it.
 	line := strings.Split(string(file), "\n")[1]
-	if k, err := ParsePrivateKey([]byte(line)); err != nil || k.Public().String() != key.Public().String() {
+	if k, err := parsePrivateKey([]byte(line)); err != nil || k.Public().String() != key.Public().String() {
 		t.Fatalf("base64 line alone: %v", err)
 	}
 	raw := mustDecode(t, line)
@@ -275,7 +275,7 @@ func TestParsePrivateKeyRefuses(t *testing.T) {
 	}
 
 	encrypted := mutate(func(b []byte) { b[7] = 42 })
-	_, err = ParsePrivateKey(encrypted)
+	_, err = parsePrivateKey(encrypted)
 	if err == nil || !strings.Contains(err.Error(), "passphrase") || !strings.Contains(err.Error(), "kdfrounds 42") {
 		t.Errorf("encrypted key: got %v, want a passphrase error naming kdfrounds", err)
 	}
@@ -288,11 +288,11 @@ func TestParsePrivateKeyRefuses(t *testing.T) {
 		"public key":    []byte(key.Public().String()),
 		"empty":         nil,
 	} {
-		if _, err := ParsePrivateKey(data); err == nil {
+		if _, err := parsePrivateKey(data); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := ParsePublicKey([]byte(line)); err == nil {
+	if _, err := parsePublicKey([]byte(line)); err == nil {
 		t.Error("ParsePublicKey accepted a secret key")
 	}
 	if _, err := key.marshalSecret("two\nlines", nil); err == nil {

@@ -29,10 +29,10 @@ type Device struct {
 	once sync.Once
 }
 
-// Start creates the TUN interface name and serves its UAPI socket in
+// start creates the TUN interface name and serves its UAPI socket in
 // /var/run/wireguard/<name>.sock. The link is left down; configure it
 // (addresses, addrgenmode) and bring it up as with a kernel device.
-func Start(name string, log *slog.Logger) (*Device, error) {
+func start(name string, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -122,7 +122,7 @@ func Create(k *kernel.Conn, name string, forceUserspace bool, log *slog.Logger) 
 		}
 		log.Info("no kernel WireGuard; running WireGuard in userspace in this process", "interface", name)
 	}
-	dev, err := Start(name, log)
+	dev, err := start(name, log)
 	if err != nil {
 		return nil, err
 	}

@@ -5,13 +5,13 @@ import (
 	"strings"
 )
 
-// MaxIfNameLen is the longest interface name Linux accepts (IFNAMSIZ - 1).
-const MaxIfNameLen = 15
+// maxIfNameLen is the longest interface name Linux accepts (IFNAMSIZ - 1).
+const maxIfNameLen = 15
 
 // Interface name prefixes of a domain's WireGuard and VXLAN links.
 const (
-	WireGuardPrefix = "wg-"
-	VXLANPrefix     = "vx-"
+	wireGuardPrefix = "wg-"
+	vxlanPrefix     = "vx-"
 )
 
 // Interfaces are the kernel links that serve one domain.
@@ -20,9 +20,9 @@ type Interfaces struct {
 	VXLAN     string // e.g. vx-welt
 }
 
-// StripPrefix returns domain without the first of prefixes it starts with,
+// stripPrefix returns domain without the first of prefixes it starts with,
 // and whether one matched.
-func StripPrefix(domain string, prefixes []string) (string, bool) {
+func stripPrefix(domain string, prefixes []string) (string, bool) {
 	for _, p := range prefixes {
 		if p != "" && strings.HasPrefix(domain, p) {
 			return domain[len(p):], true
@@ -34,17 +34,17 @@ func StripPrefix(domain string, prefixes []string) (string, bool) {
 // InterfacesFor names the interfaces of domain: "wg-"/"vx-" plus the domain
 // without its prefix (ffmuc_welt -> wg-welt, vx-welt).
 func InterfacesFor(domain string, prefixes []string) (Interfaces, error) {
-	short, ok := StripPrefix(domain, prefixes)
+	short, ok := stripPrefix(domain, prefixes)
 	if !ok {
 		return Interfaces{}, fmt.Errorf("domain %q starts with none of the domain prefixes %q", domain, prefixes)
 	}
 	if short == "" {
 		return Interfaces{}, fmt.Errorf("domain %q is only a prefix", domain)
 	}
-	ifs := Interfaces{WireGuard: WireGuardPrefix + short, VXLAN: VXLANPrefix + short}
-	if len(ifs.WireGuard) > MaxIfNameLen {
+	ifs := Interfaces{WireGuard: wireGuardPrefix + short, VXLAN: vxlanPrefix + short}
+	if len(ifs.WireGuard) > maxIfNameLen {
 		return Interfaces{}, fmt.Errorf("domain %q gives interface name %q of %d bytes, Linux allows %d",
-			domain, ifs.WireGuard, len(ifs.WireGuard), MaxIfNameLen)
+			domain, ifs.WireGuard, len(ifs.WireGuard), maxIfNameLen)
 	}
 	if !validIfName(short) {
 		return Interfaces{}, fmt.Errorf("domain %q gives interface name %q with characters Linux refuses", domain, ifs.WireGuard)

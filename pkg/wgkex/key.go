@@ -9,19 +9,21 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"github.com/freifunkMUC/wgkex/internal/text"
 )
 
-// KeyLen is the length of a base64-encoded WireGuard public key.
-const KeyLen = 44
+// keyLen is the length of a base64-encoded WireGuard public key.
+const keyLen = 44
 
-// KeyPattern is the pattern of a valid public key, as the Python original and
+// keyPattern is the pattern of a valid public key, as the Python original and
 // docs/protocol.md §2 define it. ValidKey implements it without a regexp.
-const KeyPattern = `^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$`
+const keyPattern = `^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw480]=$`
 
 // ValidKey reports whether s is the base64 text of a 32-byte WireGuard key in
-// the canonical form the original accepts (see KeyPattern).
+// the canonical form the original accepts (see keyPattern).
 func ValidKey(s string) bool {
-	if len(s) != KeyLen || s[43] != '=' {
+	if len(s) != keyLen || s[43] != '=' {
 		return false
 	}
 	for i := 0; i < 42; i++ {
@@ -42,11 +44,11 @@ func isBase64Char(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/'
 }
 
-// ParseKey validates s and returns the 32 key bytes.
-func ParseKey(s string) ([32]byte, error) {
+// parseKey validates s and returns the 32 key bytes.
+func parseKey(s string) ([32]byte, error) {
 	var k [32]byte
 	if !ValidKey(s) {
-		return k, fmt.Errorf("invalid public key %q: want 44 characters of base64 (32 bytes)", truncate(s, 64))
+		return k, fmt.Errorf("invalid public key %q: want 44 characters of base64 (32 bytes)", text.Truncate(s, 64))
 	}
 	if _, err := base64.StdEncoding.Decode(k[:], []byte(s)); err != nil {
 		return k, fmt.Errorf("invalid public key %q: %w", s, err)
@@ -65,12 +67,12 @@ func LinkLocal(key string) netip.Addr {
 	var sum [md5.Size]byte
 	h.Sum(sum[:0])
 	mac := [6]byte{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
-	return MACLinkLocal(mac[:])
+	return macLinkLocal(mac[:])
 }
 
-// MACLinkLocal returns the fe80:: address with the EUI-64 interface ID of mac,
+// macLinkLocal returns the fe80:: address with the EUI-64 interface ID of mac,
 // with the U/L bit set (OR 0x02), as the original computes it.
-func MACLinkLocal(mac net.HardwareAddr) netip.Addr {
+func macLinkLocal(mac net.HardwareAddr) netip.Addr {
 	var a [16]byte
 	a[0], a[1] = 0xfe, 0x80
 	if len(mac) != 6 {
@@ -83,17 +85,10 @@ func MACLinkLocal(mac net.HardwareAddr) netip.Addr {
 	return netip.AddrFrom16(a)
 }
 
-// LinkLocalPrefix is LinkLocal as a host prefix (/128), the form in which it
+// linkLocalPrefix is LinkLocal as a host prefix (/128), the form in which it
 // becomes a WireGuard allowed IP and a route.
-func LinkLocalPrefix(key string) netip.Prefix {
+func linkLocalPrefix(key string) netip.Prefix {
 	return netip.PrefixFrom(LinkLocal(key), 128)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // isIPv6Text reports whether s is an IPv6 address, optionally with a /prefix

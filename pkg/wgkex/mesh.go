@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/freifunkMUC/wgkex/internal/text"
 )
 
 // Mesh link parameters of Gluon's wireguard-vxlan mesh VPN
@@ -24,12 +26,12 @@ const (
 // vxlanSeedKey is the key Gluon's mesh VXLAN derives its VNI with.
 const vxlanSeedKey = "gluon-mesh-vpn-vxlan"
 
-// DomainSeedBytes returns the first 2n hex digits that Gluon's
+// domainSeedBytes returns the first 2n hex digits that Gluon's
 // domain_seed_bytes(key, n) derives from a site's domain_seed: the chain
 // v_i = md5hex(v_{i-1} || key || lower(seed) || decimal(i)), i = 1, 2, ...,
 // concatenated. Gluon computes it on every node, so the gateways of a site
 // must use the same function to agree with them.
-func DomainSeedBytes(seed, key string, n int) (string, error) {
+func domainSeedBytes(seed, key string, n int) (string, error) {
 	if err := validSeed(seed); err != nil {
 		return "", err
 	}
@@ -47,7 +49,7 @@ func DomainSeedBytes(seed, key string, n int) (string, error) {
 // uses for its mesh VXLAN: domain_seed_bytes("gluon-mesh-vpn-vxlan", 3)
 // read as a hexadecimal number.
 func VXLANIDFromSeed(seed string) (uint32, error) {
-	h, err := DomainSeedBytes(seed, vxlanSeedKey, 3)
+	h, err := domainSeedBytes(seed, vxlanSeedKey, 3)
 	if err != nil {
 		return 0, err
 	}
@@ -66,7 +68,7 @@ func validSeed(seed string) error {
 		return errors.New("empty domain seed")
 	}
 	if _, err := hex.DecodeString(seed); err != nil || len(seed)%2 != 0 {
-		return fmt.Errorf("domain seed %q: want hexadecimal digits, as in site.conf's domain_seed", truncate(seed, 80))
+		return fmt.Errorf("domain seed %q: want hexadecimal digits, as in site.conf's domain_seed", text.Truncate(seed, 80))
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/freifunkMUC/wgkex/internal/text"
 )
 
 // Topic filters the broker and worker subscribe to (docs/protocol.md §3).
@@ -70,8 +72,8 @@ type Topic struct {
 	Broker string // TopicBrokerStatus
 }
 
-// ErrUnknownTopic is returned for topics outside the wgkex scheme.
-var ErrUnknownTopic = errors.New("not a wgkex topic")
+// errUnknownTopic is returned for topics outside the wgkex scheme.
+var errUnknownTopic = errors.New("not a wgkex topic")
 
 // ParseTopic splits a received topic into its parts and checks each name.
 func ParseTopic(topic string) (Topic, error) {
@@ -88,19 +90,19 @@ func ParseTopic(topic string) (Topic, error) {
 		t = Topic{Kind: TopicMetric, Domain: parts[1], Worker: parts[2], Metric: parts[3]}
 	case len(parts) == 3 && parts[0] == "wireguard-broker" && parts[2] == "status":
 		if !ValidName(parts[1]) {
-			return Topic{}, fmt.Errorf("topic %q: invalid broker name", truncate(topic, 128))
+			return Topic{}, fmt.Errorf("topic %q: invalid broker name", text.Truncate(topic, 128))
 		}
 		return Topic{Kind: TopicBrokerStatus, Broker: parts[1]}, nil
 	default:
-		return Topic{}, fmt.Errorf("%w: %q", ErrUnknownTopic, truncate(topic, 128))
+		return Topic{}, fmt.Errorf("%w: %q", errUnknownTopic, text.Truncate(topic, 128))
 	}
 	if t.Domain != "" || t.Kind == TopicKey || t.Kind == TopicData || t.Kind == TopicMetric {
 		if !ValidName(t.Domain) {
-			return Topic{}, fmt.Errorf("topic %q: invalid domain", truncate(topic, 128))
+			return Topic{}, fmt.Errorf("topic %q: invalid domain", text.Truncate(topic, 128))
 		}
 	}
 	if t.Kind != TopicKey && !ValidName(t.Worker) {
-		return Topic{}, fmt.Errorf("topic %q: invalid worker name", truncate(topic, 128))
+		return Topic{}, fmt.Errorf("topic %q: invalid worker name", text.Truncate(topic, 128))
 	}
 	return t, nil
 }
@@ -114,7 +116,7 @@ func ParseStatus(payload []byte) (online bool, err error) {
 	case StatusOffline:
 		return false, nil
 	}
-	return false, fmt.Errorf("invalid status payload %q: want 0 or 1", truncate(string(payload), 32))
+	return false, fmt.Errorf("invalid status payload %q: want 0 or 1", text.Truncate(string(payload), 32))
 }
 
 // ParseConnectedPeers parses a connected_peers payload: a decimal integer,
@@ -123,7 +125,7 @@ func ParseConnectedPeers(payload []byte) (int, error) {
 	s := strings.TrimSpace(string(payload))
 	n, err := strconv.Atoi(s)
 	if err != nil || n < -1 {
-		return 0, fmt.Errorf("invalid connected_peers payload %q: want an integer >= -1", truncate(s, 32))
+		return 0, fmt.Errorf("invalid connected_peers payload %q: want an integer >= -1", text.Truncate(s, 32))
 	}
 	return n, nil
 }
@@ -149,16 +151,16 @@ func ParseWorkerData(payload []byte) (WorkerData, error) {
 func (d WorkerData) Validate() error {
 	var errs []error
 	if d.ExternalAddress == "" || len(d.ExternalAddress) > 253 || strings.ContainsAny(d.ExternalAddress, " \t\r\n/") {
-		errs = append(errs, fmt.Errorf("invalid ExternalAddress %q", truncate(d.ExternalAddress, 64)))
+		errs = append(errs, fmt.Errorf("invalid ExternalAddress %q", text.Truncate(d.ExternalAddress, 64)))
 	}
 	if d.Port < 1 || d.Port > 65535 {
 		errs = append(errs, fmt.Errorf("invalid Port %d", d.Port))
 	}
 	if !ValidKey(d.PublicKey) {
-		errs = append(errs, fmt.Errorf("invalid PublicKey %q", truncate(d.PublicKey, 64)))
+		errs = append(errs, fmt.Errorf("invalid PublicKey %q", text.Truncate(d.PublicKey, 64)))
 	}
 	if d.LinkAddress == "" || len(d.LinkAddress) > 64 || !isIPv6Text(d.LinkAddress) {
-		errs = append(errs, fmt.Errorf("invalid LinkAddress %q", truncate(d.LinkAddress, 64)))
+		errs = append(errs, fmt.Errorf("invalid LinkAddress %q", text.Truncate(d.LinkAddress, 64)))
 	}
 	return errors.Join(errs...)
 }

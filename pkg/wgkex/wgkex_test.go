@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-var keyRE = regexp.MustCompile(KeyPattern)
+var keyRE = regexp.MustCompile(keyPattern)
 
 func TestValidKey(t *testing.T) {
 	for _, tc := range []struct {
@@ -48,7 +48,7 @@ func FuzzValidKey(f *testing.F) {
 			t.Fatalf("ValidKey(%q) = %v, regexp says %v", s, got, want)
 		}
 		if got {
-			if _, err := ParseKey(s); err != nil {
+			if _, err := parseKey(s); err != nil {
 				t.Fatalf("valid key %q does not decode: %v", s, err)
 			}
 		}
@@ -56,19 +56,19 @@ func FuzzValidKey(f *testing.F) {
 }
 
 func TestLinkLocalVectors(t *testing.T) {
-	if got := LinkLocalPrefix("public_key").String(); got != "fe80::282:6eff:fe9d:ecd3/128" {
+	if got := linkLocalPrefix("public_key").String(); got != "fe80::282:6eff:fe9d:ecd3/128" {
 		t.Errorf("LinkLocal(public_key) = %s, want fe80::282:6eff:fe9d:ecd3/128", got)
 	}
 	mac, _ := net.ParseMAC("c4:91:0c:b2:c5:a0")
-	if got := MACLinkLocal(mac).String(); got != "fe80::c691:cff:feb2:c5a0" {
+	if got := macLinkLocal(mac).String(); got != "fe80::c691:cff:feb2:c5a0" {
 		t.Errorf("MACLinkLocal = %s, want fe80::c691:cff:feb2:c5a0", got)
 	}
 	// The U/L bit is set, not flipped: a MAC starting 02 keeps 02.
 	mac2, _ := net.ParseMAC("02:00:00:00:00:01")
-	if got := MACLinkLocal(mac2).String(); got != "fe80::200:ff:fe00:1" {
+	if got := macLinkLocal(mac2).String(); got != "fe80::200:ff:fe00:1" {
 		t.Errorf("MACLinkLocal(02:..) = %s, want fe80::200:ff:fe00:1", got)
 	}
-	if MACLinkLocal(net.HardwareAddr{1, 2}).IsValid() {
+	if macLinkLocal(net.HardwareAddr{1, 2}).IsValid() {
 		t.Error("MACLinkLocal of a short MAC should be invalid")
 	}
 }
@@ -204,11 +204,11 @@ func TestVXLANIDFromSeed(t *testing.T) {
 func TestDomainSeedBytesLength(t *testing.T) {
 	// Longer outputs chain several MD5 blocks; each prefix is stable.
 	seed := strings.Repeat("ab", 32)
-	long, err := DomainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 40)
+	long, err := domainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 40)
 	if err != nil || len(long) != 80 {
 		t.Fatalf("len %d, %v", len(long), err)
 	}
-	short, _ := DomainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 3)
+	short, _ := domainSeedBytes(seed, "gluon-mesh-vpn-vxlan", 3)
 	if !strings.HasPrefix(long, short) {
 		t.Errorf("%q is not a prefix of %q", short, long)
 	}

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) *metrics {
 			Name: "wgkex_worker_keys_installed_total", Help: "Keys installed (peer, route and FDB entry), by domain.",
 		}, []string{"domain"}),
 		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wgkex_worker_keys_failed_total", Help: "Keys that could not be installed, by domain.",
+			Name: "wgkex_worker_keys_failed_total", Help: "Install attempts the kernel refused (each retry counts) and keys given up, by domain.",
 		}, []string{"domain"}),
 		removed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wgkex_worker_cleanup_removed_total", Help: "Stale peers removed by cleanup, by domain.",
@@ -102,7 +102,7 @@ func (w *Worker) peerCounts(domainName string) (total, connected, pending int) {
 		return -1, -1, 0
 	}
 	total, connected = w.countPeers(d)
-	return total, connected, len(d.pending)
+	return total, connected, len(d.pending) + len(d.held)
 }
 
 func (w *Worker) connected() bool { return w.o.Connected == nil || w.o.Connected() }

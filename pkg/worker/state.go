@@ -59,14 +59,12 @@ func (w *Worker) CheckLinks(ctx context.Context) {
 		if err := w.repair(d); err != nil {
 			w.log.Error("repair failed", "domain", name, "err", err)
 		}
-		if len(d.pending) > 0 {
-			jobs := make([]job, 0, len(d.pending))
-			for k, t := range d.pending {
-				jobs = append(jobs, job{domain: name, key: k, received: t})
-			}
+		if len(d.pending)+len(d.held) > 0 {
+			jobs := append(d.pendingJobs(), d.held...)
+			d.held = nil
 			w.log.Info("installing keys that waited for the interfaces", "domain", name, "keys", len(jobs))
 			w.mu.Unlock()
-			w.InstallBatch(jobs)
+			w.installBatch(jobs)
 			w.mu.Lock()
 		}
 		appeared = append(appeared, name)
@@ -381,13 +379,19 @@ func (w *Worker) Announce(ctx context.Context) {
 	}
 	w.mu.Unlock()
 
+	w.own.announced()
 	for _, a := range list {
+		topic := wgkex.DataTopic(w.o.Name, a.domain)
 		if a.data == nil {
+			w.own.forget(topic)
 			continue
 		}
 		payload, _ := json.Marshal(a.data)
-		w.publish(ctx, wgkex.DataTopic(w.o.Name, a.domain), payload)
+		// Recorded before it is sent, so that its echo is recognised.
+		w.own.publishing(topic, payload)
+		w.publish(ctx, topic, payload)
 	}
+	w.own.publishing(wgkex.StatusTopic(w.o.Name), []byte(wgkex.StatusOnline))
 	w.publish(ctx, wgkex.StatusTopic(w.o.Name), []byte(wgkex.StatusOnline))
 	for _, a := range list {
 		w.publish(ctx, wgkex.ConnectedPeersTopic(a.domain, w.o.Name), []byte(strconv.Itoa(a.peers)))
@@ -408,9 +412,9 @@ func (w *Worker) PublishMetrics(ctx context.Context) {
 	}
 }
 
-// Shutdown tells the brokers this worker is going: connected_peers -1 for
+// goodbye tells the brokers this worker is going: connected_peers -1 for
 // every domain, then status 0.
-func (w *Worker) Shutdown(ctx context.Context) {
+func (w *Worker) goodbye(ctx context.Context) {
 	for _, name := range w.names {
 		w.publish(ctx, wgkex.ConnectedPeersTopic(name, w.o.Name), []byte("-1"))
 	}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -43,10 +45,11 @@ func (c *clock) Set(off time.Duration) {
 
 // host is a gateway: its interfaces, the kernel handles and a bus.
 type host struct {
-	k   *kernel.Conn
-	wg  *wgctrl.Client
-	gw  *dummyiface.Gateway
-	bus *testbus.Server
+	k        *kernel.Conn
+	wg       *wgctrl.Client
+	gw       *dummyiface.Gateway
+	bus      *testbus.Server
+	stateDir string // the workers' journal directory
 }
 
 // kernelHandles opens rtnetlink and wgctrl for the test's namespace.
@@ -76,56 +79,48 @@ func newHost(t testing.TB) *host {
 	return &host{k: k, wg: wg, gw: gw, bus: testbus.Mosquitto(t)}
 }
 
-// runningWorker is a worker connected to the bus, as cmd/worker wires it.
+// runningWorker is a worker connected to the bus, as wgkex worker runs it.
 type runningWorker struct {
 	w      *worker.Worker
-	client *mqtt.Client
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   chan error
 }
 
-func (h *host) startWorker(t testing.TB, name string, clk *clock) *runningWorker {
+func (h *host) startWorker(t testing.TB, name string, clk *clock, tune ...func(*worker.Options)) *runningWorker {
 	t.Helper()
+	if h.stateDir == "" {
+		h.stateDir = t.TempDir()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var w *worker.Worker
-	o := mqtt.Options{Server: h.bus.URL, ClientID: "wgkex-worker-" + name, Keepalive: 5 * time.Second,
-		Persistent: true, SessionExpiry: 24 * time.Hour, Logger: testbus.Quiet(),
-		Will:          &mqtt.Will{Topic: wgkex.StatusTopic(name), Payload: []byte("0"), QoS: 1, Retain: true},
-		OnMessage:     func(m mqtt.Message) { w.HandleMessage(ctx, m.Topic, m.Payload) },
-		OnReady:       func(context.Context) { w.RequestAnnounce() },
-		Subscriptions: []mqtt.Subscription{{Filter: wgkex.KeyFilter(domain), QoS: 1}}}
-	client := mqtt.New(o)
-	w = worker.New(worker.Options{
+	o := worker.Options{
 		Name: name, ExternalName: name + ".ext.example.net",
 		Domains:   map[string]wgkex.Interfaces{domain: ifs},
-		WireGuard: h.wg, Kernel: h.k, Publisher: client,
-		Now: clk.Now, Logger: testbus.Quiet(),
+		WireGuard: h.wg, Kernel: h.k,
+		MQTT:     mqtt.Options{Server: h.bus.URL, Keepalive: 5 * time.Second, Logger: testbus.Quiet()},
+		StateDir: h.stateDir,
+		Now:      clk.Now, Logger: testbus.Quiet(),
 		NewPeerGrace: 10 * time.Minute, PeerTimeout: 3 * time.Hour,
 		LinkCheckInterval: 200 * time.Millisecond,
-	})
-	rw := &runningWorker{w: w, client: client, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(rw.done); w.Run(ctx) }()
-	// The connection outlives Run: Shutdown still publishes on it.
-	if err := client.Start(context.Background()); err != nil {
-		t.Fatal(err)
 	}
+	for _, f := range tune {
+		f(&o)
+	}
+	w := worker.New(o)
+	rw := &runningWorker{w: w, cancel: cancel, done: make(chan error, 1)}
+	go func() { rw.done <- w.Run(ctx) }()
 	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
 	defer acancel()
-	if err := client.AwaitConnection(actx); err != nil {
+	if err := w.AwaitConnection(actx); err != nil {
 		t.Fatal(err)
 	}
 	return rw
 }
 
-// stop shuts the worker down as cmd/worker does: -1 and status 0, then a
-// clean disconnect.
-func (rw *runningWorker) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+// stop stops the worker as SIGTERM does: the queued keys installed, -1 and
+// status 0, then a clean disconnect.
+func (rw *runningWorker) stop() error {
 	rw.cancel()
-	<-rw.done
-	rw.w.Shutdown(ctx)
-	rw.client.Close(ctx)
+	return <-rw.done
 }
 
 // kernelState is what the kernel holds for the domain.
@@ -332,7 +327,7 @@ func TestWorkerInstallsKeys(t *testing.T) {
 	})
 
 	t.Run("a dropped connection publishes the will", func(t *testing.T) {
-		rw.client.Kill()
+		rw.w.KillConnection()
 		sub.Wait(t, 10*time.Second, func(m mqtt.Message) bool {
 			return m.Topic == wgkex.StatusTopic("gw1") && string(m.Payload) == "0"
 		})
@@ -486,7 +481,12 @@ func TestMissingInterface(t *testing.T) {
 	defer rw.stop()
 	_, key := newKey(t)
 	testbus.Publish(t, bus.URL, wgkex.KeyTopic(domain), key, 1, false)
-	time.Sleep(300 * time.Millisecond)
+	// The key is kept in the journal until the interfaces exist.
+	journal := filepath.Join(h.stateDir, "worker-gw1.journal")
+	eventually(t, "key in the journal", 10*time.Second, func() bool {
+		data, _ := os.ReadFile(journal)
+		return strings.Contains(string(data), domain+"\t"+key+"\n")
+	})
 
 	gw, err := dummyiface.Create(k, wg, dummyiface.Options{Interfaces: ifs, ListenPort: 51820, Logger: testbus.Quiet()})
 	if err != nil {
@@ -495,4 +495,5 @@ func TestMissingInterface(t *testing.T) {
 	defer gw.Close(k)
 	h.gw = gw
 	eventually(t, "waiting key installed once the interfaces exist", 10*time.Second, func() bool { return h.installed(t, key) })
+	eventually(t, "journal removed", 10*time.Second, func() bool { _, err := os.Stat(journal); return os.IsNotExist(err) })
 }
