@@ -58,16 +58,7 @@ func newFaultBed(t *testing.T) *faultBed {
 	t.Cleanup(func() { os.RemoveAll(persist) })
 	os.Chmod(persist, 0o777)
 	bus := testbus.MosquittoWith(t, recommendedMosquitto+"persistence true\npersistence_location "+persist+"/\n")
-	k, err := kernel.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { wg.Close() })
+	k, wg := netns.Handles(t)
 	return &faultBed{bus: bus, cfg: filepath.Join("..", "testdata", "minimal.yaml"), k: k, wg: wg,
 		env: []string{"WGKEX_MQTT_BROKER_URL=" + bus.URL.Hostname(), "WGKEX_MQTT_BROKER_PORT=" + bus.URL.Port()}}
 }
@@ -110,15 +101,7 @@ func (b *faultBed) worker(t *testing.T, name, stateDir string) *proc {
 // proc.signal.
 func stop(t *testing.T, p *proc, sig syscall.Signal) error {
 	t.Helper()
-	p.cmd.Process.Signal(sig)
-	select {
-	case err := <-p.done:
-		p.done <- err // for Cleanup
-		return err
-	case <-time.After(40 * time.Second):
-		t.Fatalf("no exit within 40 s after %v:\n%s", sig, p.stderr)
-		return nil
-	}
+	return p.signalWithin(t, sig, 40*time.Second)
 }
 
 // faultKeys are n distinct valid keys, different for each tag.
@@ -169,53 +152,10 @@ func (b *faultBed) entries(key string) bool {
 // route or FDB entry.
 func (b *faultBed) missing(t *testing.T, keys []string) (peer, route, fdb int) {
 	t.Helper()
-	dev, err := b.wg.Device("wg-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wgi, err := b.k.LinkIndex("wg-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vxi, err := b.k.LinkIndex("vx-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peers := map[string]bool{}
-	for _, p := range dev.Peers {
-		if len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == wgkex.LinkLocal(p.PublicKey.String()).String()+"/128" {
-			peers[p.PublicKey.String()] = true
-		}
-	}
-	routes := map[netip.Prefix]bool{}
-	rs, err := b.k.Routes(wgi)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rs {
-		routes[r] = true
-	}
-	fdbs := map[netip.Addr]bool{}
-	es, err := b.k.FDB(vxi)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range es {
-		if e.Via == wgi {
-			fdbs[e.Dst] = true
-		}
-	}
+	tables := readGateway(t, b.k, b.wg)
 	for _, k := range keys {
-		ll := wgkex.LinkLocal(k)
-		if !peers[k] {
-			peer++
-		}
-		if !routes[netip.PrefixFrom(ll, 128)] {
-			route++
-		}
-		if !fdbs[ll] {
-			fdb++
-		}
+		p, r, f := tables.lacks(k)
+		peer, route, fdb = peer+oneIf(p), route+oneIf(r), fdb+oneIf(f)
 	}
 	return peer, route, fdb
 }
@@ -440,4 +380,12 @@ func TestFaultWorkerStatusOverwritten(t *testing.T) {
 	if err := stop(t, w, syscall.SIGTERM); err != nil {
 		t.Errorf("worker exit: %v", err)
 	}
+}
+
+// oneIf is 1 for true, 0 for false.
+func oneIf(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

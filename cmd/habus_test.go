@@ -407,16 +407,7 @@ type haCounter struct {
 
 func newHACounter(t *testing.T) *haCounter {
 	t.Helper()
-	k, err := kernel.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { wg.Close() })
+	k, wg := netns.Handles(t)
 	return &haCounter{k: k, wg: wg}
 }
 
@@ -424,48 +415,65 @@ func newHACounter(t *testing.T) *haCounter {
 // IP), route or FDB entry on wg-welt/vx-welt.
 func (c *haCounter) missing(t *testing.T, keys []string) map[string]bool {
 	t.Helper()
-	dev, err := c.wg.Device("wg-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wgi, err := c.k.LinkIndex("wg-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vxi, err := c.k.LinkIndex("vx-welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peers := map[string]bool{}
-	for _, p := range dev.Peers {
-		if len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == wgkex.LinkLocal(p.PublicKey.String()).String()+"/128" {
-			peers[p.PublicKey.String()] = true
+	tables := readGateway(t, c.k, c.wg)
+	out := map[string]bool{}
+	for _, k := range keys {
+		if peer, route, fdb := tables.lacks(k); peer || route || fdb {
+			out[k] = true
 		}
 	}
-	routes := map[netip.Prefix]bool{}
-	rs, err := c.k.Routes(wgi)
+	return out
+}
+
+// gatewayTables is what wg-welt/vx-welt hold: the peers with the right
+// allowed IP, the routes via wg-welt, the FDB entries via wg-welt.
+type gatewayTables struct {
+	peers  map[string]bool
+	routes map[netip.Prefix]bool
+	fdb    map[netip.Addr]bool
+}
+
+func readGateway(t *testing.T, k *kernel.Conn, wg *wgctrl.Client) gatewayTables {
+	t.Helper()
+	dev, err := wg.Device("wg-welt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wgi, err := k.LinkIndex("wg-welt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vxi, err := k.LinkIndex("vx-welt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := gatewayTables{peers: map[string]bool{}, routes: map[netip.Prefix]bool{}, fdb: map[netip.Addr]bool{}}
+	for _, p := range dev.Peers {
+		if len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == wgkex.LinkLocal(p.PublicKey.String()).String()+"/128" {
+			g.peers[p.PublicKey.String()] = true
+		}
+	}
+	rs, err := k.Routes(wgi)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range rs {
-		routes[r] = true
+		g.routes[r] = true
 	}
-	fdb := map[netip.Addr]bool{}
-	es, err := c.k.FDB(vxi)
+	es, err := k.FDB(vxi)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range es {
 		if e.Via == wgi {
-			fdb[e.Dst] = true
+			g.fdb[e.Dst] = true
 		}
 	}
-	out := map[string]bool{}
-	for _, k := range keys {
-		ll := wgkex.LinkLocal(k)
-		if !peers[k] || !routes[netip.PrefixFrom(ll, 128)] || !fdb[ll] {
-			out[k] = true
-		}
-	}
-	return out
+	return g
+}
+
+// lacks reports which of its peer, route and FDB entry key lacks.
+func (g gatewayTables) lacks(key string) (peer, route, fdb bool) {
+	ll := wgkex.LinkLocal(key)
+	return !g.peers[key], !g.routes[netip.PrefixFrom(ll, 128)], !g.fdb[ll]
 }

@@ -56,13 +56,20 @@ func start(t *testing.T, env []string, args ...string) *proc {
 
 func (p *proc) signal(t *testing.T, sig syscall.Signal) error {
 	t.Helper()
+	return p.signalWithin(t, sig, 15*time.Second)
+}
+
+// signalWithin signals p and waits up to timeout (a guard against
+// hanging) for it to exit.
+func (p *proc) signalWithin(t *testing.T, sig syscall.Signal, timeout time.Duration) error {
+	t.Helper()
 	p.cmd.Process.Signal(sig)
 	select {
 	case err := <-p.done:
 		p.done <- err // for Cleanup
 		return err
-	case <-time.After(15 * time.Second):
-		t.Fatalf("no exit within 15s after %v:\n%s", sig, p.stderr)
+	case <-time.After(timeout):
+		t.Fatalf("no exit within %v after %v:\n%s", timeout, sig, p.stderr)
 		return nil
 	}
 }

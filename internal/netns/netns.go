@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/wgctrl"
+
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/kernel"
 )
@@ -103,4 +105,21 @@ func setup() error {
 		return err
 	}
 	return k.SetUp(lo)
+}
+
+// Handles opens rtnetlink and wgctrl in the test's namespace and closes
+// them when the test ends.
+func Handles(t testing.TB) (*kernel.Conn, *wgctrl.Client) {
+	t.Helper()
+	k, err := kernel.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { wg.Close() })
+	return k, wg
 }

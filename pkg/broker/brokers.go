@@ -17,8 +17,8 @@ var errTooManyBrokers = errors.New("too many brokers known; ignoring a new one")
 // inflate it to at most this.
 const maxBrokers = 256
 
-// brokerTable is what a State knows of the brokers on the bus, this one
-// included (docs/protocol.md §3). Its fields belong to State.mu.
+// brokerTable is what a state knows of the brokers on the bus, this one
+// included (docs/protocol.md §3). Its fields belong to state.mu.
 type brokerTable struct {
 	self         string // lower-cased own name; "" when this broker does not announce itself
 	brokers      map[string]*brokerState

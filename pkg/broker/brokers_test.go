@@ -179,7 +179,7 @@ func TestBrokerStatusMessages(t *testing.T) {
 	} {
 		b.HandleMessage(bad.topic, []byte(bad.payload))
 	}
-	st := b.Status()
+	st := b.status()
 	js, _ := json.Marshal(st.Brokers)
 	want := `[{"name":"b1","online":true,"this_broker":true},` +
 		`{"name":"b2","online":true,"last_message":"2025-01-01T12:00:00Z"},` +
@@ -193,7 +193,7 @@ func TestBrokerStatusMessages(t *testing.T) {
 	// Its own status, once heard on the bus, gives it a last message.
 	clock.Advance(time.Second)
 	b.HandleMessage("wireguard-broker/b1/status", []byte("1"))
-	if own := b.Status().Brokers[0]; own.LastSeen != clock.Now() || !own.ThisBroker {
+	if own := b.status().Brokers[0]; own.LastSeen != clock.Now() || !own.ThisBroker {
 		t.Errorf("own entry %+v", own)
 	}
 
@@ -261,7 +261,7 @@ func TestBrokerMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	if b.Status().Selection != "sticky" {
-		t.Errorf("selection %q", b.Status().Selection)
+	if b.status().Selection != "sticky" {
+		t.Errorf("selection %q", b.status().Selection)
 	}
 }

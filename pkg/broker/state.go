@@ -80,7 +80,7 @@ type workerState struct {
 // usable reports whether the worker could be handed out for some domain.
 func (w *workerState) usable() bool { return w.online && len(w.data) > 0 }
 
-// stateConfig configures a State; zero values take the defaults.
+// stateConfig configures a state; zero values take the defaults.
 type stateConfig struct {
 	weight    func(worker string) int
 	now       func() time.Time

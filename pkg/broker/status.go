@@ -55,8 +55,8 @@ type WorkerDomain struct {
 	LinkAddress     string `json:"link_address,omitempty"`
 }
 
-// Status assembles the current Status.
-func (b *Broker) Status() Status {
+// status assembles the current status.
+func (b *Broker) status() Status {
 	st := Status{Service: "wgkex broker", MQTTConnected: b.connected(), Selection: "least_loaded", Time: b.now().UTC(),
 		Brokers: []BrokerStatus{}}
 	if b.state.sticky {
@@ -88,7 +88,7 @@ func (b *Broker) Status() Status {
 }
 
 func (b *Broker) statusJSON(w http.ResponseWriter, r *http.Request) {
-	httpjson.Write(w, http.StatusOK, b.Status())
+	httpjson.Write(w, http.StatusOK, b.status())
 }
 
 func healthz(w http.ResponseWriter, r *http.Request) {
@@ -171,7 +171,7 @@ th{background:#f0f0f0} code{font-size:.8rem}
 
 func (b *Broker) index(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := statusPage.Execute(w, b.Status()); err != nil {
+	if err := statusPage.Execute(w, b.status()); err != nil {
 		b.log.Debug("render status page", "err", err)
 	}
 }

@@ -25,7 +25,7 @@ func TestRendezvousScoreStable(t *testing.T) {
 	}
 }
 
-// stickyState is a sticky State with the four simulation gateways at
+// stickyState is a sticky state with the four simulation gateways at
 // their weighted shares of 800 peers (100, 100, 200, 400).
 func stickyState(t *testing.T, self string, gatewayName func(string) string) *state {
 	t.Helper()

@@ -37,7 +37,7 @@ func (w *Worker) installQueued() {
 func TestKeysAcknowledgedOnceInstalled(t *testing.T) {
 	f := newFake()
 	w := newAckWorker(f, t.TempDir())
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	ctx := context.Background()
 	f.calls = nil
 	w.receive(ctx, wgkex.KeyTopic("ffmuc_welt"), []byte("garbage"), acker(f, "garbage"))
@@ -108,7 +108,7 @@ func TestMissingInterfacesJournal(t *testing.T) {
 	f := newFake()
 	delete(f.links, "vx-welt")
 	w := newAckWorker(f, dir)
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	ctx := context.Background()
 	journaled := func(k string) func() error {
 		return func() error {
@@ -139,7 +139,7 @@ func TestMissingInterfacesJournal(t *testing.T) {
 	f.calls = nil
 	w = newAckWorker(f, dir)
 	w.loadJournal()
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	diff(t, f.calls, []string{
 		"configure wg-welt +" + short(key(1)) + " " + ll(1) + "/128, +" + short(key(2)) + " " + ll(2) + "/128",
 		"route replace " + ll(1) + "/128 dev 10",
@@ -160,14 +160,14 @@ func TestUnwritableJournalHoldsKeys(t *testing.T) {
 	f := newFake()
 	delete(f.links, "vx-welt")
 	w := newAckWorker(f, filepath.Join(file, "state")) // a directory under a file
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	w.receive(context.Background(), wgkex.KeyTopic("ffmuc_welt"), []byte(key(1)), acker(f, key(1)))
 	w.installQueued()
 	if len(f.calls) != 0 {
 		t.Fatalf("acknowledged or installed without interfaces and journal: %v", f.calls)
 	}
 	f.links["vx-welt"] = 12
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	diff(t, f.calls, []string{
 		"configure wg-welt +" + short(key(1)) + " " + ll(1) + "/128",
 		"route replace " + ll(1) + "/128 dev 10",
@@ -184,7 +184,7 @@ func TestRefusedKeyRetriedThenKept(t *testing.T) {
 	f := newFake()
 	w := newAckWorker(f, dir)
 	w.timing.retryBase, w.timing.retryHold = 0, time.Hour
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	f.failKey = key(1)
 	acked := 0
 	w.receive(context.Background(), wgkex.KeyTopic("ffmuc_welt"), []byte(key(1)), func() error { acked++; return nil })
@@ -218,9 +218,9 @@ func TestRefusedKeptKeyGivenUp(t *testing.T) {
 	f := newFake()
 	w := newAckWorker(f, dir)
 	w.timing.retryHold = -1 // kept at the first refusal
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	f.failKey = key(1)
-	w.Install("ffmuc_welt", key(1))
+	w.installNow("ffmuc_welt", key(1))
 	if len(w.domains["ffmuc_welt"].pending) != 1 {
 		t.Fatal("refused key not kept")
 	}

@@ -1,4 +1,4 @@
-package worker_test
+package worker
 
 import (
 	"context"
@@ -20,7 +20,6 @@ import (
 	"github.com/freifunkMUC/wgkex/internal/testbus"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
-	"github.com/freifunkMUC/wgkex/pkg/worker"
 )
 
 // BenchmarkBurst10k publishes 10,000 distinct keys on one domain to a real
@@ -42,7 +41,7 @@ func BenchmarkBurst10k(b *testing.B) {
 	}
 	h := newExternalHost(b)
 	clk := &clock{}
-	rw := h.startWorker(b, "gw-bench", clk, func(o *worker.Options) {
+	rw := h.startWorker(b, "gw-bench", clk, func(o *Options) {
 		if n, err := strconv.Atoi(os.Getenv("WGKEX_BENCH_RECEIVE_MAXIMUM")); err == nil {
 			o.ReceiveMaximum = uint16(n)
 		}
@@ -63,7 +62,7 @@ func BenchmarkBurst10k(b *testing.B) {
 		go func() {
 			defer wg.Done()
 			for i := next.Add(1) - 1; i < int64(burst); i = next.Add(1) - 1 {
-				if err := pub.Publish(ctx, wgkex.KeyTopic(domain), []byte(keys[i]), 1, false); err != nil {
+				if err := pub.Publish(ctx, wgkex.KeyTopic(liveDomain), []byte(keys[i]), 1, false); err != nil {
 					b.Error(err)
 					return
 				}
@@ -74,7 +73,7 @@ func BenchmarkBurst10k(b *testing.B) {
 	published := time.Since(start)
 	// A key the MQTT server dropped never comes: say how many did.
 	for deadline := time.Now().Add(120 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if n, _, _, _ := rw.w.Stats(); n >= int64(burst) {
+		if n, _, _, _ := rw.w.counts(); n >= int64(burst) {
 			break
 		} else if time.Now().After(deadline) {
 			b.Fatalf("after 120 s, %d of %d keys installed", n, burst)
@@ -88,34 +87,34 @@ func BenchmarkBurst10k(b *testing.B) {
 	b.ReportMetric(float64(burst)/elapsed.Seconds(), "keys/s")
 	b.ReportMetric(elapsed.Seconds(), "burst_s")
 	b.ReportMetric(published.Seconds(), "publish_s")
-	rw.w.Latencies() // forget the burst's queueing latencies
+	rw.w.latencies() // forget the burst's queueing latencies
 
 	// Single keys, one at a time: MQTT delivery to all three entries.
 	const singles = 200
 	for i := 0; i < singles; i++ {
-		before, _, _, _ := rw.w.Stats()
-		if err := pub.Publish(ctx, wgkex.KeyTopic(domain), []byte(benchKey(burst+i)), 1, false); err != nil {
+		before, _, _, _ := rw.w.counts()
+		if err := pub.Publish(ctx, wgkex.KeyTopic(liveDomain), []byte(benchKey(burst+i)), 1, false); err != nil {
 			b.Fatal(err)
 		}
-		eventually(b, "single key", 5*time.Second, func() bool { n, _, _, _ := rw.w.Stats(); return n > before })
+		eventually(b, "single key", 5*time.Second, func() bool { n, _, _, _ := rw.w.counts(); return n > before })
 	}
-	lat := rw.w.Latencies()
+	lat := rw.w.latencies()
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "single_p50_ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "single_p99_ms")
 
 	// A metrics pass and a cleanup scan (nothing stale) over 10,200 peers,
 	// then a cleanup that removes them all.
 	t0 := time.Now()
-	rw.w.ConnectedPeers(domain)
+	rw.w.connectedPeersOf(liveDomain)
 	b.ReportMetric(float64(time.Since(t0).Microseconds())/1000, "metrics_pass_ms")
 	t0 = time.Now()
-	if n := rw.w.Cleanup(); n != 0 {
+	if n := rw.w.cleanup(); n != 0 {
 		b.Fatalf("cleanup removed %d fresh peers", n)
 	}
 	b.ReportMetric(float64(time.Since(t0).Microseconds())/1000, "cleanup_scan_ms")
 	clk.Set(4 * time.Hour)
 	t0 = time.Now()
-	if n := rw.w.Cleanup(); n != burst+singles {
+	if n := rw.w.cleanup(); n != burst+singles {
 		b.Fatalf("cleanup removed %d, want %d", n, burst+singles)
 	}
 	b.ReportMetric(time.Since(t0).Seconds(), "cleanup_remove_all_s")
@@ -137,7 +136,7 @@ func newExternalHost(b *testing.B) *host {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	k, wg := kernelHandles(b)
+	k, wg := netns.Handles(b)
 	eventually(b, "interfaces from dummy-iface", 10*time.Second, func() bool {
 		_, err1 := wg.Device(ifs.WireGuard)
 		_, err2 := k.LinkIndex(ifs.VXLAN)

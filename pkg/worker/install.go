@@ -13,9 +13,9 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
 )
 
-// Install installs keys on domain now (for callers outside Run, such as
+// installNow installs keys on domain now (for callers outside Run, such as
 // tests and tools) and returns the error of each key that failed.
-func (w *Worker) Install(domainName string, keys ...string) map[string]error {
+func (w *Worker) installNow(domainName string, keys ...string) map[string]error {
 	jobs := make([]job, 0, len(keys))
 	for _, k := range keys {
 		jobs = append(jobs, job{domain: domainName, key: k, received: time.Now()})
@@ -45,7 +45,7 @@ func (w *Worker) installBatch(jobs []job) map[string]error {
 		d := w.domains[name]
 		if d.wgIndex == 0 {
 			w.keep(d, js, "interfaces missing")
-			// Only CheckLinks brings a domain up (it repairs first), so
+			// Only checkLinks brings a domain up (it repairs first), so
 			// ask for a check now.
 			select {
 			case w.linkCheck <- struct{}{}:

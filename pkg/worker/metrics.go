@@ -1,13 +1,14 @@
 package worker
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/freifunkMUC/wgkex/internal/httpjson"
 )
 
 // metrics are the worker's Prometheus series.
@@ -107,15 +108,15 @@ func (w *Worker) peerCounts(domainName string) (total, connected, pending int) {
 
 func (w *Worker) connected() bool { return w.o.Connected == nil || w.o.Connected() }
 
-// Handler serves /metrics (from gatherer, when set), /healthz and /readyz
+// handler serves /metrics (from gatherer, when set), /healthz and /readyz
 // (MQTT connected and at least one domain's interfaces usable).
-func (w *Worker) Handler(gatherer prometheus.Gatherer) http.Handler {
+func (w *Worker) handler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	if gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, r *http.Request) {
-		writeJSON(rw, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.Write(rw, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, r *http.Request) {
 		var problems []string
@@ -133,18 +134,12 @@ func (w *Worker) Handler(gatherer prometheus.Gatherer) http.Handler {
 		}
 		w.mu.Unlock()
 		if !w.connected() || usable == 0 {
-			writeJSON(rw, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": strings.Join(problems, "; ")})
+			httpjson.Write(rw, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": strings.Join(problems, "; ")})
 			return
 		}
-		writeJSON(rw, http.StatusOK, map[string]any{"status": "ready", "domains_usable": usable, "problems": problems})
+		httpjson.Write(rw, http.StatusOK, map[string]any{"status": "ready", "domains_usable": usable, "problems": problems})
 	})
 	return mux
-}
-
-func writeJSON(rw http.ResponseWriter, code int, v any) {
-	rw.Header().Set("Content-Type", "application/json")
-	rw.WriteHeader(code)
-	json.NewEncoder(rw).Encode(v)
 }
 
 func (m *metrics) observeInstall(domain string, d time.Duration) {

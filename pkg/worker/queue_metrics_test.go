@@ -17,7 +17,7 @@ import (
 func scrapeWorker(t *testing.T, w *Worker, reg *prometheus.Registry) map[string]*dto.MetricFamily {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	w.Handler(reg).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	w.handler(reg).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if rec.Code != 200 {
 		t.Fatalf("/metrics: %d", rec.Code)
 	}
@@ -50,9 +50,9 @@ func TestKeyQueueMetrics(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	for i := 1; i <= 3; i++ {
-		w.HandleMessage(ctx, wgkex.KeyTopic("ffmuc_welt"), []byte(key(i)))
+		w.handleMessage(ctx, wgkex.KeyTopic("ffmuc_welt"), []byte(key(i)))
 	}
-	w.HandleMessage(ctx, wgkex.KeyTopic("ffmuc_welt"), []byte("not a key")) // dropped, never queued
+	w.handleMessage(ctx, wgkex.KeyTopic("ffmuc_welt"), []byte("not a key")) // dropped, never queued
 	if got := promtest.Value(scrapeWorker(t, w, reg), "wgkex_worker_key_queue_depth", nil); got != 3 {
 		t.Errorf("queue depth with three keys received = %v, want 3", got)
 	}
@@ -72,8 +72,8 @@ func TestKeyQueueMetrics(t *testing.T) {
 
 	// Interfaces gone: keys are kept per domain, then installed.
 	delete(f.links, "vx-welt")
-	w.CheckLinks(context.Background())
-	w.Install("ffmuc_welt", key(4), key(5))
+	w.checkLinks(context.Background())
+	w.installNow("ffmuc_welt", key(4), key(5))
 	fams = scrapeWorker(t, w, reg)
 	if got := promtest.Value(fams, "wgkex_worker_keys_pending", welt); got != 2 {
 		t.Errorf("pending with interfaces missing = %v, want 2", got)
@@ -82,7 +82,7 @@ func TestKeyQueueMetrics(t *testing.T) {
 		t.Errorf("peers with interfaces missing = %v, want -1", got)
 	}
 	f.links["vx-welt"] = 12
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	fams = scrapeWorker(t, w, reg)
 	if got := promtest.Value(fams, "wgkex_worker_keys_pending", welt); got != 0 {
 		t.Errorf("pending after the interfaces returned = %v, want 0", got)

@@ -29,7 +29,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("worker.metrics_listen: %w", err)
 		}
-		srv := &http.Server{Handler: w.Handler(w.o.Gatherer), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
+		srv := &http.Server{Handler: w.handler(w.o.Gatherer), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
 		served := make(chan struct{})
 		go func() {
 			defer close(served)

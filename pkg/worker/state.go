@@ -18,12 +18,12 @@ import (
 // publishTimeout bounds each publish of the worker's state.
 const publishTimeout = 5 * time.Second
 
-// CheckLinks looks for each domain's interfaces. Interfaces that appeared
+// checkLinks looks for each domain's interfaces. Interfaces that appeared
 // or were recreated (a new index) get their routes and FDB entries repaired
 // from the peers on the WireGuard device, the keys that waited for them
 // installed, and the domain announced. Interfaces that vanished take the
 // domain out (connected_peers -1) until they return.
-func (w *Worker) CheckLinks(ctx context.Context) {
+func (w *Worker) checkLinks(ctx context.Context) {
 	var appeared, vanished []string
 	w.mu.Lock()
 	for _, name := range w.names {
@@ -71,23 +71,8 @@ func (w *Worker) CheckLinks(ctx context.Context) {
 	}
 	w.mu.Unlock()
 	if len(appeared)+len(vanished) > 0 {
-		w.Announce(ctx)
+		w.announceAll(ctx)
 	}
-}
-
-// Repair makes the routes and FDB entries of domain match the peers on its
-// WireGuard device.
-func (w *Worker) Repair(domainName string) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	d := w.domains[domainName]
-	if d == nil {
-		return fmt.Errorf("unknown domain %q", domainName)
-	}
-	if d.wgIndex == 0 {
-		return fmt.Errorf("interfaces of %s missing: %s", domainName, d.missing)
-	}
-	return w.repair(d)
 }
 
 // repair adds the missing route and FDB entry of every peer, and removes
@@ -174,11 +159,11 @@ func (w *Worker) repair(d *domain) error {
 // "never" as the zero time or, from UAPI, as the Unix epoch.
 func handshook(t time.Time) bool { return !t.IsZero() && t.Unix() > 0 }
 
-// Cleanup removes the peers whose last handshake is older than
+// cleanup removes the peers whose last handshake is older than
 // PeerTimeout, and those that never completed one within NewPeerGrace of
 // being installed (or found); FDB entry, route, then peer. It returns how
 // many peers it removed. One failure does not stop the rest.
-func (w *Worker) Cleanup() int {
+func (w *Worker) cleanup() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.o.Now()
@@ -256,9 +241,9 @@ func (w *Worker) removePeers(d *domain, keys []wgtypes.Key) int {
 	return removed
 }
 
-// ConnectedPeers counts the peers of domain with a handshake within
+// connectedPeersOf counts the peers of domain with a handshake within
 // HandshakeWindow; -1 when the domain's interfaces are unusable.
-func (w *Worker) ConnectedPeers(domainName string) int {
+func (w *Worker) connectedPeersOf(domainName string) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	d := w.domains[domainName]
@@ -293,9 +278,9 @@ func (w *Worker) countPeers(d *domain) (total, connected int) {
 	return len(dev.Peers), connected
 }
 
-// Data returns the data message of domain: the WireGuard port and public
+// dataOf returns the data message of domain: the WireGuard port and public
 // key of wg-X and its link address.
-func (w *Worker) Data(domainName string) (wgkex.WorkerData, error) {
+func (w *Worker) dataOf(domainName string) (wgkex.WorkerData, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	d := w.domains[domainName]
@@ -317,7 +302,7 @@ func (w *Worker) data(d *domain) (wgkex.WorkerData, error) {
 	if err != nil {
 		return wgkex.WorkerData{}, fmt.Errorf("addresses of %s: %w", d.ifs.WireGuard, err)
 	}
-	link, ok := LinkAddress(addrs, dev.PublicKey.String())
+	link, ok := linkAddress(addrs, dev.PublicKey.String())
 	if !ok {
 		return wgkex.WorkerData{}, fmt.Errorf("%s has no IPv6 address: nodes could not reach it", d.ifs.WireGuard)
 	}
@@ -333,10 +318,10 @@ func (w *Worker) data(d *domain) (wgkex.WorkerData, error) {
 	return data, nil
 }
 
-// LinkAddress picks the address nodes use to reach the gateway on wg-X:
+// linkAddress picks the address nodes use to reach the gateway on wg-X:
 // the one derived from the device's own public key when present, else
 // the first IPv6 address (docs/protocol.md §5).
-func LinkAddress(addrs []netip.Prefix, ownKey string) (netip.Addr, bool) {
+func linkAddress(addrs []netip.Prefix, ownKey string) (netip.Addr, bool) {
 	own := wgkex.LinkLocal(ownKey)
 	for _, a := range addrs {
 		if a.Addr() == own {
@@ -357,11 +342,11 @@ type announcement struct {
 	peers  int
 }
 
-// Announce publishes, per domain, the data message (retained), then the
+// announceAll publishes, per domain, the data message (retained), then the
 // status 1, then connected_peers: the order docs/protocol.md §3 asks for, so a
 // broker never sees the worker online without the data to hand out. A
 // domain whose interfaces are unusable gets connected_peers -1 instead.
-func (w *Worker) Announce(ctx context.Context) {
+func (w *Worker) announceAll(ctx context.Context) {
 	var list []announcement
 	w.mu.Lock()
 	for _, name := range w.names {
@@ -399,8 +384,8 @@ func (w *Worker) Announce(ctx context.Context) {
 	w.log.Info("announced", "worker", w.o.Name, "domains", len(list))
 }
 
-// PublishMetrics publishes connected_peers of every domain (retained).
-func (w *Worker) PublishMetrics(ctx context.Context) {
+// publishMetrics publishes connected_peers of every domain (retained).
+func (w *Worker) publishMetrics(ctx context.Context) {
 	counts := make(map[string]int, len(w.names))
 	w.mu.Lock()
 	for _, name := range w.names {
@@ -432,16 +417,16 @@ func (w *Worker) publish(ctx context.Context, topic string, payload []byte) {
 	}
 }
 
-// Stats returns a copy of the counters.
-func (w *Worker) Stats() (installed, failed, removed, dropped int64) {
+// counts returns a copy of the counters.
+func (w *Worker) counts() (installed, failed, removed, dropped int64) {
 	w.stats.mu.Lock()
 	defer w.stats.mu.Unlock()
 	return w.stats.Installed, w.stats.Failed, w.stats.Removed, w.stats.Dropped
 }
 
-// Latencies returns and forgets the recorded delivery-to-installed
+// latencies returns and forgets the recorded delivery-to-installed
 // latencies, sorted.
-func (w *Worker) Latencies() []time.Duration {
+func (w *Worker) latencies() []time.Duration {
 	w.stats.mu.Lock()
 	l := w.stats.latencies
 	w.stats.latencies = nil
@@ -450,7 +435,7 @@ func (w *Worker) Latencies() []time.Duration {
 	return l
 }
 
-func (s *Stats) record(d time.Duration) {
+func (s *stats) record(d time.Duration) {
 	s.mu.Lock()
 	if len(s.latencies) < s.latencyCeiling {
 		s.latencies = append(s.latencies, d)

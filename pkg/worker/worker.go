@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/freifunkMUC/wgkex/internal/text"
 	"github.com/freifunkMUC/wgkex/pkg/kernel"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
@@ -168,7 +169,7 @@ type Worker struct {
 	own    *ownMessages // status and data as this worker published them
 	timing timing
 
-	stats   Stats
+	stats   stats
 	metrics *metrics
 }
 
@@ -177,7 +178,7 @@ type job struct {
 	domain, key string
 	received    time.Time
 	// ack acknowledges the key's message; nil when there is nothing to
-	// acknowledge (QoS 0, a key from the journal, Install).
+	// acknowledge (QoS 0, a key from the journal, installNow).
 	ack   func() error
 	retry *retryState // nil until the kernel refuses the key
 }
@@ -212,8 +213,8 @@ type pendingKey struct {
 	failingSince time.Time // zero while it only waits for the interfaces
 }
 
-// Stats are counters for logs, tests and metrics.
-type Stats struct {
+// stats are counters for logs, tests and metrics.
+type stats struct {
 	mu             sync.Mutex
 	Installed      int64
 	Failed         int64
@@ -316,10 +317,10 @@ func (w *Worker) mqttOptions() mqtt.Options {
 	return mo
 }
 
-// HandleMessage takes a message as if it came from the bus, with nothing
+// handleMessage takes a message as if it came from the bus, with nothing
 // to acknowledge (tests, tools). It waits while the queue is full, until
 // ctx ends.
-func (w *Worker) HandleMessage(ctx context.Context, topic string, payload []byte) {
+func (w *Worker) handleMessage(ctx context.Context, topic string, payload []byte) {
 	w.receive(ctx, topic, payload, nil)
 }
 
@@ -360,7 +361,7 @@ func (w *Worker) receive(ctx context.Context, topic string, payload []byte, ack 
 	}
 	key := strings.TrimSpace(string(payload))
 	if !wgkex.ValidKey(key) {
-		w.drop(ack, "dropping invalid key", "domain", t.Domain, "payload", truncate(key, 64))
+		w.drop(ack, "dropping invalid key", "domain", t.Domain, "payload", text.Truncate(key, 64))
 		return
 	}
 	select {
@@ -428,7 +429,7 @@ func (w *Worker) watch(topic string, payload []byte) {
 		return
 	}
 	w.log.Warn("another client overwrote this worker's message on the bus; publishing it again (worker names must be unique)",
-		"topic", topic, "payload", truncate(string(payload), 64))
+		"topic", topic, "payload", text.Truncate(string(payload), 64))
 	select {
 	case w.overwritten <- struct{}{}:
 	default:
@@ -449,7 +450,7 @@ func (w *Worker) requestAnnounce() {
 // announces, publishes metrics, cleans up stale peers and watches for
 // interfaces (re)appearing. When ctx ends it installs what is queued.
 func (w *Worker) loop(ctx context.Context) {
-	w.CheckLinks(ctx)
+	w.checkLinks(ctx)
 	metrics := time.NewTicker(w.o.MetricsInterval)
 	defer metrics.Stop()
 	cleanup := time.NewTicker(w.o.CleanupInterval)
@@ -476,23 +477,23 @@ func (w *Worker) loop(ctx context.Context) {
 		case <-pendingRetry.C:
 			w.retryPending()
 		case <-w.announce:
-			w.Announce(ctx)
+			w.announceAll(ctx)
 		case <-w.overwritten:
 			if wait := w.timing.restore - time.Since(w.own.last()); wait > 0 {
 				restore.Reset(wait)
 			} else {
-				w.Announce(ctx)
+				w.announceAll(ctx)
 			}
 		case <-restore.C:
-			w.Announce(ctx)
+			w.announceAll(ctx)
 		case <-metrics.C:
-			w.PublishMetrics(ctx)
+			w.publishMetrics(ctx)
 		case <-cleanup.C:
-			w.Cleanup()
+			w.cleanup()
 		case <-links.C:
-			w.CheckLinks(ctx)
+			w.checkLinks(ctx)
 		case <-w.linkCheck:
-			w.CheckLinks(ctx)
+			w.checkLinks(ctx)
 		}
 	}
 }
@@ -535,11 +536,4 @@ func (w *Worker) drain(first job) []job {
 		}
 	}
 	return batch
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

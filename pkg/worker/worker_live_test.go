@@ -1,4 +1,4 @@
-package worker_test
+package worker
 
 import (
 	"context"
@@ -23,10 +23,9 @@ import (
 	"github.com/freifunkMUC/wgkex/pkg/kernel"
 	"github.com/freifunkMUC/wgkex/pkg/mqtt"
 	"github.com/freifunkMUC/wgkex/pkg/wgkex"
-	"github.com/freifunkMUC/wgkex/pkg/worker"
 )
 
-const domain = "ffmuc_welt"
+const liveDomain = "ffmuc_welt"
 
 var ifs = wgkex.Interfaces{WireGuard: "wg-welt", VXLAN: "vx-welt"}
 
@@ -52,25 +51,9 @@ type host struct {
 	stateDir string // the workers' journal directory
 }
 
-// kernelHandles opens rtnetlink and wgctrl for the test's namespace.
-func kernelHandles(t testing.TB) (*kernel.Conn, *wgctrl.Client) {
-	t.Helper()
-	k, err := kernel.Dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { wg.Close() })
-	return k, wg
-}
-
 func newHost(t testing.TB) *host {
 	t.Helper()
-	k, wg := kernelHandles(t)
+	k, wg := netns.Handles(t)
 	gw, err := dummyiface.Create(k, wg, dummyiface.Options{Interfaces: ifs, ListenPort: 51820, Logger: testbus.Quiet()})
 	if err != nil {
 		t.Fatal(err)
@@ -81,20 +64,20 @@ func newHost(t testing.TB) *host {
 
 // runningWorker is a worker connected to the bus, as wgkex worker runs it.
 type runningWorker struct {
-	w      *worker.Worker
+	w      *Worker
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func (h *host) startWorker(t testing.TB, name string, clk *clock, tune ...func(*worker.Options)) *runningWorker {
+func (h *host) startWorker(t testing.TB, name string, clk *clock, tune ...func(*Options)) *runningWorker {
 	t.Helper()
 	if h.stateDir == "" {
 		h.stateDir = t.TempDir()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := worker.Options{
+	o := Options{
 		Name: name, ExternalName: name + ".ext.example.net",
-		Domains:   map[string]wgkex.Interfaces{domain: ifs},
+		Domains:   map[string]wgkex.Interfaces{liveDomain: ifs},
 		WireGuard: h.wg, Kernel: h.k,
 		MQTT:     mqtt.Options{Server: h.bus.URL, Keepalive: 5 * time.Second, Logger: testbus.Quiet()},
 		StateDir: h.stateDir,
@@ -105,7 +88,7 @@ func (h *host) startWorker(t testing.TB, name string, clk *clock, tune ...func(*
 	for _, f := range tune {
 		f(&o)
 	}
-	w := worker.New(o)
+	w := New(o)
 	rw := &runningWorker{w: w, cancel: cancel, done: make(chan error, 1)}
 	go func() { rw.done <- w.Run(ctx) }()
 	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
@@ -228,7 +211,7 @@ func TestWorkerInstallsKeys(t *testing.T) {
 		for len(order) < 3 {
 			m := sub.Wait(t, 10*time.Second, func(mqtt.Message) bool { return true })
 			order = append(order, m.Topic+"="+string(m.Payload))
-			if m.Topic == wgkex.DataTopic("gw1", domain) {
+			if m.Topic == wgkex.DataTopic("gw1", liveDomain) {
 				var err error
 				if data, err = wgkex.ParseWorkerData(m.Payload); err != nil {
 					t.Fatal(err)
@@ -238,8 +221,8 @@ func TestWorkerInstallsKeys(t *testing.T) {
 				}
 			}
 		}
-		if !strings.HasPrefix(order[0], wgkex.DataTopic("gw1", domain)) || order[1] != wgkex.StatusTopic("gw1")+"=1" ||
-			order[2] != wgkex.ConnectedPeersTopic(domain, "gw1")+"=0" {
+		if !strings.HasPrefix(order[0], wgkex.DataTopic("gw1", liveDomain)) || order[1] != wgkex.StatusTopic("gw1")+"=1" ||
+			order[2] != wgkex.ConnectedPeersTopic(liveDomain, "gw1")+"=0" {
 			t.Errorf("announce order: %q", order)
 		}
 		want := wgkex.WorkerData{ExternalAddress: "gw1.ext.example.net", Port: 51820, PublicKey: h.gw.PublicKey.String(),
@@ -252,7 +235,7 @@ func TestWorkerInstallsKeys(t *testing.T) {
 	_, key1 := newKey(t)
 	t.Run("a published key becomes peer, route and FDB entry", func(t *testing.T) {
 		start := time.Now()
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), key1, 1, false)
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), key1, 1, false)
 		eventually(t, "key installed", 5*time.Second, func() bool { return h.installed(t, key1) })
 		t.Logf("installed %v after publish", time.Since(start))
 		ll := wgkex.LinkLocal(key1).String()
@@ -270,10 +253,10 @@ func TestWorkerInstallsKeys(t *testing.T) {
 
 	t.Run("the same key twice changes nothing", func(t *testing.T) {
 		before := h.state(t)
-		installedBefore, _, _, _ := rw.w.Stats()
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), key1, 1, false)
+		installedBefore, _, _, _ := rw.w.counts()
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), key1, 1, false)
 		eventually(t, "second delivery processed", 5*time.Second, func() bool {
-			n, _, _, _ := rw.w.Stats()
+			n, _, _, _ := rw.w.counts()
 			return n > installedBefore
 		})
 		if after := h.state(t); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -283,7 +266,7 @@ func TestWorkerInstallsKeys(t *testing.T) {
 
 	t.Run("a second node's FDB entry coexists", func(t *testing.T) {
 		_, key2 := newKey(t)
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), key2, 1, false)
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), key2, 1, false)
 		eventually(t, "key2 installed", 5*time.Second, func() bool { return h.installed(t, key2) })
 		if !h.installed(t, key1) {
 			t.Error("key1 lost")
@@ -292,16 +275,16 @@ func TestWorkerInstallsKeys(t *testing.T) {
 
 	t.Run("a QoS 0 publish (Python broker) is installed", func(t *testing.T) {
 		_, key := newKey(t)
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), key, 0, false)
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), key, 0, false)
 		eventually(t, "QoS 0 key installed", 5*time.Second, func() bool { return h.installed(t, key) })
 	})
 
 	t.Run("bad messages are dropped", func(t *testing.T) {
 		before := h.state(t)
-		_, _, _, dropped := rw.w.Stats()
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), "not-a-key", 1, false)
+		_, _, _, dropped := rw.w.counts()
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), "not-a-key", 1, false)
 		testbus.Publish(t, h.bus.URL, "wireguard/ffmuc_mars/all", key1, 1, false)
-		eventually(t, "drops counted", 5*time.Second, func() bool { _, _, _, d := rw.w.Stats(); return d >= dropped+1 })
+		eventually(t, "drops counted", 5*time.Second, func() bool { _, _, _, d := rw.w.counts(); return d >= dropped+1 })
 		if after := h.state(t); fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Errorf("state changed by bad input")
 		}
@@ -310,14 +293,14 @@ func TestWorkerInstallsKeys(t *testing.T) {
 	t.Run("a key published while the worker is down is installed after restart", func(t *testing.T) {
 		rw.stop()
 		sub.Wait(t, 5*time.Second, func(m mqtt.Message) bool {
-			return m.Topic == wgkex.ConnectedPeersTopic(domain, "gw1") && string(m.Payload) == "-1"
+			return m.Topic == wgkex.ConnectedPeersTopic(liveDomain, "gw1") && string(m.Payload) == "-1"
 		})
 		m := sub.Wait(t, 5*time.Second, func(m mqtt.Message) bool { return m.Topic == wgkex.StatusTopic("gw1") })
 		if string(m.Payload) != "0" {
 			t.Errorf("status after shutdown's -1 = %q, want 0", m.Payload)
 		}
 		_, key := newKey(t)
-		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(domain), key, 1, false)
+		testbus.Publish(t, h.bus.URL, wgkex.KeyTopic(liveDomain), key, 1, false)
 		time.Sleep(100 * time.Millisecond)
 		if h.installed(t, key) {
 			t.Fatal("installed with no worker running?")
@@ -343,22 +326,22 @@ func TestCleanup(t *testing.T) {
 	}
 	h := newHost(t)
 	clk := &clock{}
-	w := worker.New(worker.Options{
-		Name: "gw1", Domains: map[string]wgkex.Interfaces{domain: ifs},
+	w := New(Options{
+		Name: "gw1", Domains: map[string]wgkex.Interfaces{liveDomain: ifs},
 		WireGuard: h.wg, Kernel: h.k, Now: clk.Now, Logger: testbus.Quiet(),
 		NewPeerGrace: 10 * time.Minute, PeerTimeout: 3 * time.Hour,
 	})
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 
 	nodePriv, active := newKey(t)
 	_, early := newKey(t) // installed 20 minutes ago, never shook hands
 	_, recent := newKey(t)
 	clk.Set(-20 * time.Minute)
-	if failed := w.Install(domain, early); len(failed) > 0 {
+	if failed := w.installNow(liveDomain, early); len(failed) > 0 {
 		t.Fatal(failed)
 	}
 	clk.Set(-1 * time.Minute)
-	if failed := w.Install(domain, recent, active); len(failed) > 0 {
+	if failed := w.installNow(liveDomain, recent, active); len(failed) > 0 {
 		t.Fatal(failed)
 	}
 	clk.Set(0)
@@ -379,9 +362,9 @@ func TestCleanup(t *testing.T) {
 	}}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a real handshake", 10*time.Second, func() bool { return w.ConnectedPeers(domain) == 1 })
+	eventually(t, "a real handshake", 10*time.Second, func() bool { return w.connectedPeersOf(liveDomain) == 1 })
 
-	if n := w.Cleanup(); n != 1 {
+	if n := w.cleanup(); n != 1 {
 		t.Errorf("first cleanup removed %d, want 1 (the peer out of its grace period)", n)
 	}
 	s := h.state(t)
@@ -395,10 +378,10 @@ func TestCleanup(t *testing.T) {
 	// Four hours on: the active peer's handshake is stale, the recent one
 	// is past its grace period.
 	clk.Set(4 * time.Hour)
-	if got := w.ConnectedPeers(domain); got != 0 {
+	if got := w.connectedPeersOf(liveDomain); got != 0 {
 		t.Errorf("connected peers 4h on = %d", got)
 	}
-	if n := w.Cleanup(); n != 2 {
+	if n := w.cleanup(); n != 2 {
 		t.Errorf("second cleanup removed %d, want 2", n)
 	}
 	if s := h.state(t); len(s.peers)+len(s.routes)+len(s.fdb) != 0 {
@@ -415,13 +398,13 @@ func TestRepair(t *testing.T) {
 	}
 	h := newHost(t)
 	clk := &clock{}
-	opts := worker.Options{Name: "gw1", Domains: map[string]wgkex.Interfaces{domain: ifs},
+	opts := Options{Name: "gw1", Domains: map[string]wgkex.Interfaces{liveDomain: ifs},
 		WireGuard: h.wg, Kernel: h.k, Now: clk.Now, Logger: testbus.Quiet(), LinkCheckInterval: 50 * time.Millisecond}
-	w := worker.New(opts)
-	w.CheckLinks(context.Background())
+	w := New(opts)
+	w.checkLinks(context.Background())
 	_, k1 := newKey(t)
 	_, k2 := newKey(t)
-	if failed := w.Install(domain, k1, k2); len(failed) > 0 {
+	if failed := w.installNow(liveDomain, k1, k2); len(failed) > 0 {
 		t.Fatal(failed)
 	}
 	wgi, _ := h.k.LinkIndex(ifs.WireGuard)
@@ -441,8 +424,8 @@ func TestRepair(t *testing.T) {
 	}
 
 	// A new worker (as after a restart) repairs at start.
-	w = worker.New(opts)
-	w.CheckLinks(context.Background())
+	w = New(opts)
+	w.checkLinks(context.Background())
 	if !h.installed(t, k1) || !h.installed(t, k2) {
 		t.Fatalf("not repaired: %v", h.state(t))
 	}
@@ -474,18 +457,18 @@ func TestMissingInterface(t *testing.T) {
 	if !netns.Run(t) {
 		return
 	}
-	k, wg := kernelHandles(t)
+	k, wg := netns.Handles(t)
 	bus := testbus.Mosquitto(t)
 	h := &host{k: k, wg: wg, bus: bus}
 	rw := h.startWorker(t, "gw1", &clock{})
 	defer rw.stop()
 	_, key := newKey(t)
-	testbus.Publish(t, bus.URL, wgkex.KeyTopic(domain), key, 1, false)
+	testbus.Publish(t, bus.URL, wgkex.KeyTopic(liveDomain), key, 1, false)
 	// The key is kept in the journal until the interfaces exist.
 	journal := filepath.Join(h.stateDir, "worker-gw1.journal")
 	eventually(t, "key in the journal", 10*time.Second, func() bool {
 		data, _ := os.ReadFile(journal)
-		return strings.Contains(string(data), domain+"\t"+key+"\n")
+		return strings.Contains(string(data), liveDomain+"\t"+key+"\n")
 	})
 
 	gw, err := dummyiface.Create(k, wg, dummyiface.Options{Interfaces: ifs, ListenPort: 51820, Logger: testbus.Quiet()})

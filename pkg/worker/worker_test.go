@@ -140,9 +140,9 @@ func diff(t *testing.T, got, want []string) {
 func TestInstallBatchTranscript(t *testing.T) {
 	f := newFake()
 	w := newTestWorker(f, nil)
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	f.calls = nil
-	failed := w.Install("ffmuc_welt", key(1), key(2), key(1), key(3))
+	failed := w.installNow("ffmuc_welt", key(1), key(2), key(1), key(3))
 	if len(failed) != 0 {
 		t.Fatal(failed)
 	}
@@ -162,9 +162,9 @@ func TestInstallBatchTranscript(t *testing.T) {
 func TestOneFailingKeyDoesNotBlockOthers(t *testing.T) {
 	f := newFake()
 	w := newTestWorker(f, nil)
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	f.calls, f.failKey = nil, key(2)
-	failed := w.Install("ffmuc_welt", key(1), key(2))
+	failed := w.installNow("ffmuc_welt", key(1), key(2))
 	if len(failed) != 1 || failed[key(2)] == nil || !strings.Contains(failed[key(2)].Error(), "wg-welt") {
 		t.Fatalf("failed = %v", failed)
 	}
@@ -181,14 +181,14 @@ func TestCleanupOrderAndGrace(t *testing.T) {
 	f := newFake()
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	w := newTestWorker(f, func() time.Time { return now })
-	w.CheckLinks(context.Background())
-	w.Install("ffmuc_welt", key(1), key(2), key(3))
+	w.checkLinks(context.Background())
+	w.installNow("ffmuc_welt", key(1), key(2), key(3))
 	f.peers[key(1)] = wgtypes.Peer{PublicKey: mustKey(key(1)), LastHandshakeTime: now.Add(-4 * time.Hour)}  // stale
 	f.peers[key(2)] = wgtypes.Peer{PublicKey: mustKey(key(2)), LastHandshakeTime: now.Add(4 * time.Minute)} // fresh: a minute before the cleanup
 	f.peers[key(3)] = wgtypes.Peer{PublicKey: mustKey(key(3)), LastHandshakeTime: time.Unix(0, 0)}          // never (UAPI style)
 	now = now.Add(5 * time.Minute)                                                                          // key 3 still in its grace period
 	f.calls = nil
-	if n := w.Cleanup(); n != 1 {
+	if n := w.cleanup(); n != 1 {
 		t.Fatalf("removed %d", n)
 	}
 	diff(t, f.calls, []string{
@@ -196,12 +196,12 @@ func TestCleanupOrderAndGrace(t *testing.T) {
 		"route del " + ll(1) + "/128 dev 10",
 		"configure wg-welt -" + short(key(1)),
 	})
-	if got := w.ConnectedPeers("ffmuc_welt"); got != 1 {
+	if got := w.connectedPeersOf("ffmuc_welt"); got != 1 {
 		t.Errorf("connected = %d, want 1", got)
 	}
 	now = now.Add(6 * time.Minute) // past the grace period
 	f.calls = nil
-	if n := w.Cleanup(); n != 1 || !strings.Contains(strings.Join(f.calls, "\n"), "-"+short(key(3))) {
+	if n := w.cleanup(); n != 1 || !strings.Contains(strings.Join(f.calls, "\n"), "-"+short(key(3))) {
 		t.Fatalf("second cleanup: %d %v", n, f.calls)
 	}
 }
@@ -210,18 +210,18 @@ func TestMissingInterfacesKeepKeys(t *testing.T) {
 	f := newFake()
 	delete(f.links, "vx-welt")
 	w := newTestWorker(f, nil)
-	w.CheckLinks(context.Background())
-	if failed := w.Install("ffmuc_welt", key(1)); len(failed) != 0 {
+	w.checkLinks(context.Background())
+	if failed := w.installNow("ffmuc_welt", key(1)); len(failed) != 0 {
 		t.Fatal(failed)
 	}
 	if len(f.calls) != 0 {
 		t.Fatalf("touched the kernel without interfaces: %v", f.calls)
 	}
-	if got := w.ConnectedPeers("ffmuc_welt"); got != -1 {
+	if got := w.connectedPeersOf("ffmuc_welt"); got != -1 {
 		t.Errorf("connected peers of a missing domain = %d, want -1", got)
 	}
 	f.links["vx-welt"] = 12
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	diff(t, f.calls, []string{
 		"configure wg-welt +" + short(key(1)) + " " + ll(1) + "/128",
 		"route replace " + ll(1) + "/128 dev 10",
@@ -241,7 +241,7 @@ func TestRepairTranscript(t *testing.T) {
 		{Dst: netip.MustParseAddr("2001:db8::1"), Via: 10},
 	}
 	w := newTestWorker(f, nil)
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	got := strings.Join(f.calls, "\n")
 	for _, want := range []string{
 		"route del fe80::dead/128 dev 10",
@@ -263,15 +263,15 @@ func TestRepairTranscript(t *testing.T) {
 func TestHandleMessageValidates(t *testing.T) {
 	w := newTestWorker(newFake(), nil)
 	ctx := context.Background()
-	w.HandleMessage(ctx, "wireguard/ffmuc_welt/all", []byte(key(1)+"\n"))
-	w.HandleMessage(ctx, "wireguard/ffmuc_welt/gw1", []byte(key(2)))
+	w.handleMessage(ctx, "wireguard/ffmuc_welt/all", []byte(key(1)+"\n"))
+	w.handleMessage(ctx, "wireguard/ffmuc_welt/gw1", []byte(key(2)))
 	for _, bad := range [][2]string{
 		{"wireguard/ffmuc_welt/all", "garbage"},
 		{"wireguard/ffmuc_mars/all", key(3)},
 		{"wireguard-worker/x/status", "1"},
 		{"wireguard/ffmuc_welt/all", ""},
 	} {
-		w.HandleMessage(ctx, bad[0], []byte(bad[1]))
+		w.handleMessage(ctx, bad[0], []byte(bad[1]))
 	}
 	if len(w.queue) != 2 {
 		t.Fatalf("queued %d, want 2", len(w.queue))
@@ -279,7 +279,7 @@ func TestHandleMessageValidates(t *testing.T) {
 	if j := <-w.queue; j.key != key(1) || j.domain != "ffmuc_welt" {
 		t.Errorf("job %+v", j)
 	}
-	if _, _, _, dropped := w.Stats(); dropped != 4 {
+	if _, _, _, dropped := w.counts(); dropped != 4 {
 		t.Errorf("dropped %d", dropped)
 	}
 }
@@ -291,7 +291,7 @@ func FuzzHandleMessage(f *testing.F) {
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
 		before := len(w.queue)
-		w.HandleMessage(context.Background(), topic, payload)
+		w.handleMessage(context.Background(), topic, payload)
 		if len(w.queue) > before {
 			j := <-w.queue
 			if !wgkex.ValidKey(j.key) || j.domain != "ffmuc_welt" {
@@ -305,13 +305,13 @@ func TestLinkAddress(t *testing.T) {
 	own := "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="
 	kernelMade := netip.MustParsePrefix("fe80::1234/64")
 	derived := netip.PrefixFrom(wgkex.LinkLocal(own), 128)
-	if a, _ := LinkAddress([]netip.Prefix{kernelMade, derived}, own); a != derived.Addr() {
+	if a, _ := linkAddress([]netip.Prefix{kernelMade, derived}, own); a != derived.Addr() {
 		t.Errorf("with derived present: %s", a)
 	}
-	if a, _ := LinkAddress([]netip.Prefix{kernelMade}, own); a != kernelMade.Addr() {
+	if a, _ := linkAddress([]netip.Prefix{kernelMade}, own); a != kernelMade.Addr() {
 		t.Errorf("without: %s", a)
 	}
-	if _, ok := LinkAddress(nil, own); ok {
+	if _, ok := linkAddress(nil, own); ok {
 		t.Error("no address accepted")
 	}
 }
@@ -319,8 +319,8 @@ func TestLinkAddress(t *testing.T) {
 func TestAnnounceData(t *testing.T) {
 	f := newFake()
 	w := newTestWorker(f, nil)
-	w.CheckLinks(context.Background())
-	d, err := w.Data("ffmuc_welt")
+	w.checkLinks(context.Background())
+	d, err := w.dataOf("ffmuc_welt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	w := New(Options{Name: "gw1", Domains: map[string]wgkex.Interfaces{"ffmuc_welt": {WireGuard: "wg-welt", VXLAN: "vx-welt"}},
 		WireGuard: f, Kernel: f, Registry: reg, Connected: func() bool { return up }, Now: func() time.Time { return now },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	h := w.Handler(reg)
+	h := w.handler(reg)
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
@@ -348,17 +348,17 @@ func TestMetricsAndHealth(t *testing.T) {
 	if code, _ := get("/readyz"); code != 503 {
 		t.Errorf("readyz before anything: %d", code)
 	}
-	w.CheckLinks(context.Background())
+	w.checkLinks(context.Background())
 	up = true
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("readyz: %d %s", code, body)
 	}
-	w.Install("ffmuc_welt", key(1), key(2))
+	w.installNow("ffmuc_welt", key(1), key(2))
 	f.failKey = key(3)
-	w.Install("ffmuc_welt", key(3))
+	w.installNow("ffmuc_welt", key(3))
 	f.peers[key(1)] = wgtypes.Peer{PublicKey: mustKey(key(1)), LastHandshakeTime: now.Add(-time.Minute)}
 	f.peers[key(2)] = wgtypes.Peer{PublicKey: mustKey(key(2)), LastHandshakeTime: now.Add(-4 * time.Hour)}
-	w.Cleanup()
+	w.cleanup()
 
 	code, body := get("/metrics")
 	if code != 200 {
