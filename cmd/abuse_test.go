@@ -42,12 +42,20 @@ func exchange(t *testing.T, port int, key string, header ...string) (int, string
 	return resp.StatusCode, e.Error.Message, resp.Header
 }
 
-// startBroker runs the broker binary on its embedded bus with env and waits
-// until it answers.
+// startBroker runs the broker binary on its embedded bus, on free ports,
+// with env and waits until it answers.
 func startBroker(t *testing.T, env ...string) (*proc, int) {
 	t.Helper()
 	port := testbus.FreePort(t)
-	env = append(env, fmt.Sprintf("WGKEX_BROKER_LISTEN_PORT=%d", port), fmt.Sprintf("WGKEX_MQTT_LISTEN=127.0.0.1:%d", testbus.FreePort(t)))
+	env = append(env, fmt.Sprintf("WGKEX_MQTT_LISTEN=127.0.0.1:%d", testbus.FreePort(t)))
+	return startBrokerOn(t, port, env...), port
+}
+
+// startBrokerOn runs the broker binary with its HTTP API on port and env,
+// and waits until it answers.
+func startBrokerOn(t *testing.T, port int, env ...string) *proc {
+	t.Helper()
+	env = append(env, fmt.Sprintf("WGKEX_BROKER_LISTEN_PORT=%d", port))
 	p := start(t, env, "broker", "--config", filepath.Join("..", "testdata", "minimal.yaml"))
 	eventually.True(t, waitTimeout, "broker answering", func() bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
@@ -56,7 +64,7 @@ func startBroker(t *testing.T, env ...string) (*proc, int) {
 		}
 		return err == nil
 	})
-	return p, port
+	return p
 }
 
 // The block list refuses keys with 403 and follows the file: by a change

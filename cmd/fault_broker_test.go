@@ -3,7 +3,6 @@ package cmd_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -30,23 +29,11 @@ func TestBrokerRestartEmbeddedBusLosesNoKey(t *testing.T) {
 			dir := t.TempDir()
 			httpPort, mqttPort := testbus.FreePort(t), testbus.FreePort(t)
 			env := []string{
-				fmt.Sprintf("WGKEX_BROKER_LISTEN_PORT=%d", httpPort),
 				fmt.Sprintf("WGKEX_MQTT_LISTEN=127.0.0.1:%d", mqttPort),
 				"WGKEX_MQTT_STORE=" + filepath.Join(dir, "mqtt.db"),
 				"WGKEX_BROKER_RATE_LIMIT_PER_CLIENT=0", "WGKEX_BROKER_RATE_LIMIT_GLOBAL=0",
 			}
-			startB := func() *proc {
-				p := start(t, env, "broker", "--config", filepath.Join("..", "testdata", "minimal.yaml"))
-				eventually.True(t, waitTimeout, "broker answering", func() bool {
-					resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", httpPort))
-					if err == nil {
-						resp.Body.Close()
-					}
-					return err == nil
-				})
-				return p
-			}
-			b := startB()
+			b := startBrokerOn(t, httpPort, env...)
 
 			var mu sync.Mutex
 			got := map[string]bool{}
@@ -97,7 +84,7 @@ func TestBrokerRestartEmbeddedBusLosesNoKey(t *testing.T) {
 			b.cmd.Process.Signal(sig)
 			<-b.done
 			b.done <- nil
-			startB()
+			startBrokerOn(t, httpPort, env...)
 			eventually.True(t, waitTimeout, "500 more keys answered after the restart", func() bool { return count() >= before+500 })
 			stop()
 			wg.Wait()
